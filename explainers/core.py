@@ -1,0 +1,293 @@
+"""The explanation pipeline: shared passes (Evidence), the method registry and `explain`.
+
+Every method reads what it needs from one `Evidence` object, which computes each pass at most
+once: one forward pass capturing the target layers, one backward pass to those layers (batched
+over target classes), and whatever further passes a method family adds (guided, masked inputs).
+So asking for five gradient CAMs costs one forward and one backward, not five of each.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explainers.capture import capture_layers, model_device
+from explainers.errors import ExplainerInputError, MethodError, TargetError
+
+# A map whose positive part is below this fraction of the pre-ReLU map's magnitude carries no
+# positive evidence: it is returned as zeros instead of rescaled rounding noise.
+NO_EVIDENCE_RTOL = 1e-5
+
+
+class Evidence:
+    """The activations, gradients and scores of one (model, image, layers, classes) request.
+
+    Each property runs its pass on first use and keeps the result, so methods that need the
+    same pass share it.
+
+    Args:
+        model: a classifier in eval mode; never modified.
+        x: the input, (1, 3, H, W).
+        layers: module names to capture; gradients reach the shallowest and stop there.
+        targets: class indices; None means the predicted top-1.
+        counterfactual: negate the gradients (Grad-CAM paper, section 5.2).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        layers: Sequence[str],
+        targets: Sequence[int] | None = None,
+        counterfactual: bool = False,
+    ) -> None:
+        if model.training:
+            raise ExplainerInputError(
+                "The model is in training mode; call model.eval() first (a training-mode "
+                "forward pass would update its BatchNorm statistics)."
+            )
+        if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+            raise ExplainerInputError(f"Expected an input of shape (1, 3, H, W), got {tuple(x.shape)}.")
+        self.model = model
+        self.device = model_device(model)
+        self.x = x.to(self.device, torch.float32)
+        self.layers = tuple(dict.fromkeys(layers))
+        self._requested_targets = None if targets is None else tuple(int(t) for t in targets)
+        self.counterfactual = counterfactual
+        self._results: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.x.shape[-2], self.x.shape[-1]
+
+    @cached_property
+    def _forward(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with capture_layers(self.model, self.layers) as captured, torch.no_grad():
+            logits = self.model(self.x)
+        missing = [name for name in self.layers if name not in captured]
+        if missing:
+            raise ExplainerInputError(f"Layer {missing[0]!r} did not run in the forward pass.")
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise ExplainerInputError("The model must return class scores of shape (1, num_classes).")
+        return logits, captured
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The class scores before softmax, (num_classes,), with autograd history to the layers."""
+        return self._forward[0][0]
+
+    @cached_property
+    def targets(self) -> torch.Tensor:
+        """The explained class indices, (k,), on the model's device."""
+        num_classes = self.logits.shape[0]
+        if self._requested_targets is None:
+            return self.logits.detach().argmax().reshape(1)
+        for target in self._requested_targets:
+            if not 0 <= target < num_classes:
+                raise TargetError(
+                    f"Class {target} is out of range: the model has {num_classes} classes "
+                    f"(0 to {num_classes - 1})."
+                )
+        return torch.tensor(self._requested_targets, device=self.device)
+
+    def activations(self, layer: str) -> torch.Tensor:
+        """The layer's output, (1, C, h, w), detached."""
+        return self._forward[1][layer].detach()
+
+    @cached_property
+    def _gradients(self) -> dict[str, torch.Tensor]:
+        # One backward for all layers and all target classes: a batched vector-Jacobian product
+        # when there are several classes.
+        activations = [self._forward[1][name] for name in self.layers]
+        scores = self.logits[self.targets]
+        k = scores.shape[0]
+        if k == 1:
+            grads = torch.autograd.grad(scores.sum(), activations)
+        else:
+            eye = torch.eye(k, device=self.device, dtype=scores.dtype)
+            try:
+                grads = torch.autograd.grad(scores, activations, eye, is_grads_batched=True)
+            except RuntimeError:  # an op without a batching rule: fall back to k backwards
+                per_class = [
+                    torch.autograd.grad(scores[i], activations, retain_graph=True) for i in range(k)
+                ]
+                grads = tuple(torch.cat(parts) for parts in zip(*per_class))
+            grads = tuple(g.reshape(k, *g.shape[-3:]) for g in grads)
+        sign = -1.0 if self.counterfactual else 1.0
+        return {name: sign * g for name, g in zip(self.layers, grads)}
+
+    def gradients(self, layer: str) -> torch.Tensor:
+        """d(score of each target)/d(activation), (k, C, h, w); negated when counterfactual."""
+        return self._gradients[layer]
+
+    def result(self, method: str, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw, map) of a registered method, computed once per request; see `Method.compute`."""
+        key = (method, layer)
+        if key not in self._results:
+            self._results[key] = get_method(method).compute(self, layer)
+        return self._results[key]
+
+
+class Method:
+    """One explanation method. Subclasses set `name`, `kind` and override `compute`.
+
+    `kind` tells consumers how to show the map: "cam" maps are (H, W) in [0, 1];
+    "guided" maps are raw input gradients (H, W, 3).
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "cam"
+    title: ClassVar[str] = ""
+
+    def compute(self, evidence: Evidence, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (raw, map), each with a leading dimension of one entry per target class.
+
+        raw is the map at the layer's resolution before normalisation, map is what is shown.
+        """
+        raise NotImplementedError
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding one instance of a `Method` subclass to `METHODS`."""
+    if cls.name in METHODS:
+        raise ValueError(f"Method {cls.name!r} is registered twice.")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``.
+
+    Raises:
+        MethodError: unknown name; the message names close matches.
+    """
+    if name in METHODS:
+        return METHODS[name]
+    close = difflib.get_close_matches(name, list(METHODS), n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise MethodError(f"Unknown method {name!r}.{hint} Available: {', '.join(METHODS)}.")
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of (k, h, w) maps to (k, H, W)."""
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def normalise(maps: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each (H, W) map of a non-negative (k, H, W) stack to [0, 1].
+
+    Args:
+        maps: non-negative maps (after ReLU).
+        magnitude: per map, the largest absolute value before ReLU, (k,): a map whose maximum
+            is a negligible fraction of it has no positive evidence and becomes all zeros.
+    """
+    flat = maps.flatten(1)
+    low, high = flat.amin(1), flat.amax(1)
+    span = high - low
+    has_evidence = high > NO_EVIDENCE_RTOL * magnitude
+    varies = span > NO_EVIDENCE_RTOL * high
+    scaled = (flat - low[:, None]) / torch.where(varies, span, torch.ones_like(span))[:, None]
+    # A constant positive map is uniform evidence: all ones.
+    scaled = torch.where(varies[:, None], scaled, torch.ones_like(scaled))
+    return torch.where(has_evidence[:, None], scaled, torch.zeros_like(scaled)).view_as(maps)
+
+
+def cam_from_sum(weighted_sum: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU, upsample and normalise (k, h, w) channel sums; returns (raw, map)."""
+    raw = weighted_sum.relu()
+    magnitude = weighted_sum.abs().flatten(1).amax(1)
+    return raw, normalise(upsample(raw, size), magnitude)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What `explain` returns.
+
+    Attributes:
+        target: the explained class index.
+        logits: the model's class scores for the input, (num_classes,), on the CPU.
+        maps: method -> shown map at the input's resolution: (H, W) float32 in [0, 1] for
+            CAMs, the raw (H, W, 3) input-space map for guided methods; on the model's device.
+        raw: method -> the map at the layer's own resolution before normalisation.
+        layer: the target layer.
+        counterfactual: whether the gradients were negated.
+        seconds: wall time of the call.
+        device: where it ran, e.g. "cpu" or "cuda:0".
+    """
+
+    target: int
+    logits: torch.Tensor
+    maps: dict[str, torch.Tensor]
+    raw: dict[str, torch.Tensor]
+    layer: str
+    counterfactual: bool = False
+    seconds: float = 0.0
+    device: str = "cpu"
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """Softmax of the logits, (num_classes,)."""
+        return self.logits.softmax(0)
+
+
+def explain(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    methods: Sequence[str],
+    target: int | None = None,
+    counterfactual: bool = False,
+) -> Explanation:
+    """Explain the model's score for one class on one image with several methods.
+
+    All gradient methods share one forward pass and one backward pass that stops at `layer`.
+
+    Args:
+        model: a classifier in eval mode (any `nn.Module` returning (1, num_classes) scores);
+            never modified, safe to share between threads.
+        x: the preprocessed image, (1, 3, H, W).
+        layer: a module name from `model.named_modules()` whose output is (1, C, h, w).
+        methods: names from `METHODS`.
+        target: the class index to explain; None explains the predicted top-1 class.
+        counterfactual: explain what lowers the score (negated gradients).
+
+    Returns:
+        An `Explanation` with one map per method.
+
+    Raises:
+        ExplainerInputError (and subclasses): unknown method or layer, a layer that is not a
+            feature map, a target out of range, a method that does not apply to the model.
+    """
+    start = time.perf_counter()
+    names = list(dict.fromkeys(methods))
+    if not names:
+        raise MethodError("Choose at least one method.")
+    for name in names:
+        get_method(name)
+    evidence = Evidence(model, x, [layer], None if target is None else [target], counterfactual)
+    raw, maps = {}, {}
+    for name in names:
+        raw_k, map_k = evidence.result(name, layer)
+        raw[name], maps[name] = raw_k[0], map_k[0]
+    return Explanation(
+        target=int(evidence.targets[0]),
+        logits=evidence.logits.detach().float().cpu(),
+        maps=maps,
+        raw=raw,
+        layer=layer,
+        counterfactual=counterfactual,
+        seconds=time.perf_counter() - start,
+        device=str(evidence.device),
+    )

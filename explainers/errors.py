@@ -1,0 +1,21 @@
+"""User-facing errors: one clear line each, shown by the CLI (exit 2) and the app (st.error)."""
+
+
+class ExplainerInputError(ValueError):
+    """Bad input from a user: an unreadable image, an unknown layer or method, a bad target."""
+
+
+class ImageError(ExplainerInputError):
+    """The image cannot be read or is unsuitable (corrupt, too large, too small)."""
+
+
+class LayerError(ExplainerInputError):
+    """The target layer does not exist, is not a feature map, or runs more than once."""
+
+
+class MethodError(ExplainerInputError):
+    """The method is unknown or does not apply to this model and layer."""
+
+
+class TargetError(ExplainerInputError):
+    """The class index is out of range."""
