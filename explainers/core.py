@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,8 @@ from torch import nn
 
 from explainers.capture import capture_layers, model_device
 from explainers.errors import ExplainerInputError, MethodError, TargetError
+
+T = TypeVar("T")
 
 # A map whose positive part is below this fraction of the pre-ReLU map's magnitude carries no
 # positive evidence: it is returned as zeros instead of rescaled rounding noise.
@@ -63,6 +65,7 @@ class Evidence:
         self._requested_targets = None if targets is None else tuple(int(t) for t in targets)
         self.counterfactual = counterfactual
         self._results: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._memo: dict[str, object] = {}
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -127,6 +130,13 @@ class Evidence:
     def gradients(self, layer: str) -> torch.Tensor:
         """d(score of each target)/d(activation), (k, C, h, w); negated when counterfactual."""
         return self._gradients[layer]
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        """Run ``compute`` once per request and keep its value: how method families share
+        their own extra passes (a guided backward, a batch of masked inputs)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def result(self, method: str, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw, map) of a registered method, computed once per request; see `Method.compute`."""
