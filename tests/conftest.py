@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny hand-built models and the offline default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+
+class GapLinear(nn.Module):
+    """conv -> ReLU -> global average pool -> linear: the net CAM was defined for."""
+
+    def __init__(self, channels: int = 4, classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, kernel_size=3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """Eval mode and no parameter grads, as the zoo hands models out."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+@pytest.fixture
+def gap_linear() -> nn.Module:
+    torch.manual_seed(0)
+    return frozen(GapLinear())
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from models_zoo import load_model
+
+    return load_model("efficientnet_lite0", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def chelsea():
+    """The bundled tabby-cat sample (scikit-image's chelsea)."""
+    from PIL import Image
+
+    return Image.open(Path(__file__).parents[1] / "assets" / "samples" / "chelsea.jpg").convert("RGB")
+
+
+def module_state(model: nn.Module) -> dict:
+    """Everything an explanation could leave behind on a model: hooks, attributes, flags."""
+    return {
+        name: (
+            sorted(vars(module).keys()),
+            len(module._forward_hooks),
+            len(module._forward_pre_hooks),
+            len(module._backward_hooks),
+            len(getattr(module, "_backward_pre_hooks", {})),
+            module.training,
+            tuple(p.requires_grad for p in module.parameters(recurse=False)),
+        )
+        for name, module in model.named_modules()
+    }
+
+
+def assert_untouched(model: nn.Module, state_before: dict, weights_before: dict) -> None:
+    assert module_state(model) == state_before
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights_before[key]), key
+    assert all(p.grad is None for p in model.parameters())
