@@ -1,0 +1,32 @@
+"""The bundled sample images in assets/samples/ (sources and licences in its README.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SAMPLES_DIR: Path = Path(__file__).resolve().parent.parent / "assets" / "samples"
+
+# Display name -> file name, in the order the app offers them: the classic cat first, then the
+# two Grad-CAM++ collages, then the rest.
+_SAMPLES: dict[str, str] = {
+    "Chelsea the cat": "chelsea.jpg",
+    "Cat and coffee (two classes)": "cat_and_coffee.jpg",
+    "Two cats (two instances)": "two_cats.jpg",
+    "Cup of espresso": "coffee.jpg",
+    "Grace Hopper": "grace_hopper.jpg",
+    "Rocket launch": "rocket.jpg",
+}
+
+
+def list_samples() -> dict[str, Path]:
+    """Return the bundled samples that are present, as display name -> path.
+
+    Returns:
+        An ordered dict from a display name (e.g. "Chelsea the cat") to the image file; a file
+        missing from an installation is left out rather than offered and failing later.
+    """
+    return {
+        name: SAMPLES_DIR / file
+        for name, file in _SAMPLES.items()
+        if (SAMPLES_DIR / file).is_file()
+    }
