@@ -23,8 +23,10 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"]
 PANELS_PER_ROW = 4
 OTHER_CLASS = -1  # the "another class" choice of the class radio
 
-# Widget keys that depend on the image or model: reset so a new one starts on its predicted class.
-_CLASS_KEYS = ("class", "other_class")
+# Widgets whose options depend on the model (layers) or on the image and model (the top 5) carry
+# that context in their key: a new context gets a fresh widget on its defaults (the recommended
+# layer, the predicted class), and an earlier one comes back as it was left. One key with
+# changing options would keep a stale selection the new options do not contain.
 
 
 @dataclass(frozen=True)
@@ -81,16 +83,9 @@ def get_explanation(
 # ----------------------------------------------------------------------------- sidebar
 
 
-def reset_class() -> None:
-    for key in _CLASS_KEYS:
-        st.session_state.pop(key, None)
-
-
 def sidebar_image() -> ImageChoice:
     st.sidebar.header("Image")
-    upload = st.sidebar.file_uploader(
-        "Upload an image", type=UPLOAD_TYPES, key="upload", on_change=reset_class
-    )
+    upload = st.sidebar.file_uploader("Upload an image", type=UPLOAD_TYPES, key="upload")
     samples = list_samples()
     sample = st.sidebar.selectbox(
         "…or pick a sample",
@@ -98,7 +93,6 @@ def sidebar_image() -> ImageChoice:
         key="sample",
         disabled=upload is not None,
         help="Remove the uploaded file (×) to pick a sample again.",
-        on_change=reset_class,
     )
     if upload is not None:
         data = upload.getvalue()
@@ -109,11 +103,10 @@ def sidebar_image() -> ImageChoice:
 
 def sidebar_model() -> tuple[str, bool]:
     st.sidebar.header("Model")
-    name = st.sidebar.selectbox("Classifier", list_zoo(), key="model", on_change=reset_class)
+    name = st.sidebar.selectbox("Classifier", list_zoo(), key="model")
     random_weights = st.sidebar.toggle(
         "Random weights (sanity check)",
         key="random_weights",
-        on_change=reset_class,
         help="Untrained weights: a faithful method's maps should turn to noise (Adebayo et al. 2018).",
     )
     return name, random_weights
@@ -128,20 +121,20 @@ def sidebar_layer(zoo_model: ZooModel) -> str:
         names,
         index=names.index(zoo_model.default_layer),
         format_func=lambda name: labels[name] + ("  ★" if name == zoo_model.default_layer else ""),
-        key="layer",
+        key=f"layer:{zoo_model.name}",
         help="Feature-map size in brackets; ★ marks the recommended layer. "
         "Deep layers give coarse maps, shallow ones fine.",
     )
 
 
-def sidebar_class(predictions: list[Prediction], labels: tuple[str, ...]) -> tuple[int, bool]:
+def sidebar_class(predictions: list[Prediction], labels: tuple[str, ...], context: str) -> tuple[int, bool]:
     st.sidebar.header("Class")
     names = {p.index: f"{p.label} ({p.probability:.1%})" for p in predictions}
     pick = st.sidebar.radio(
         "Class to explain",
         [*names, OTHER_CLASS],
-        format_func=lambda index: names.get(index, "another class…"),
-        key="class",
+        format_func=lambda index: "another class…" if index == OTHER_CLASS else names[index],
+        key=f"class:{context}",
         help="The predicted class first, then the rest of the top 5.",
     )
     if pick == OTHER_CLASS:
@@ -149,8 +142,8 @@ def sidebar_class(predictions: list[Prediction], labels: tuple[str, ...]) -> tup
             "Any class (type to search)",
             range(len(labels)),
             index=predictions[0].index,
-            format_func=lambda index: labels[index],
-            key="other_class",
+            format_func=lambda index: f"{labels[index]} ({index})",  # ImageNet repeats some names
+            key=f"other_class:{context}",
         )
     counterfactual = st.sidebar.toggle(
         "Counterfactual", key="counterfactual", help="Show what lowers the class score instead."
@@ -185,6 +178,7 @@ def open_image(choice: ImageChoice) -> Image.Image | None:
         return get_image(choice.digest, choice.data)
     except ExplainerInputError as error:
         st.error(f"Cannot use {choice.name}: {error}")
+        st.caption("Upload another image, or remove this one (× in the sidebar) to pick a sample.")
         return None
 
 
@@ -215,10 +209,10 @@ def explain(
 # ----------------------------------------------------------------------------- rendering
 
 
-def render_panels(result: ExplanationResult, display: Display) -> None:
+def render_panels(result: ExplanationResult, image_name: str, display: Display) -> None:
     height, width = result.image.shape[:2]
     cams = result.methods("cam")
-    panels = [("input", f"Input as {result.model} sees it ({width}×{height})")]
+    panels = [("input", f"{image_name} as {result.model} sees it ({width}×{height})")]
     panels += [(name, result.caption(name)) for name in cams]
     for start in range(0, len(panels), PANELS_PER_ROW):
         columns = st.columns(PANELS_PER_ROW)
@@ -273,8 +267,8 @@ def render_downloads(result: ExplanationResult, method: str, display: Display) -
 
 def render_status(result: ExplanationResult) -> None:
     st.caption(
-        f"{result.model} · layer {result.layer} · explained on **{result.device}** "
-        f"in {result.seconds:.2f} s (the last time these choices were computed)"
+        f"{result.model} · layer {result.layer} · last explanation: "
+        f"**{result.seconds:.2f} s** on **{result.device}**"
     )
 
 
@@ -289,7 +283,10 @@ def main() -> None:
     zoo_model = open_model(*model)
     layer = sidebar_layer(zoo_model) if zoo_model else None
     predictions = get_predictions(choice.digest, *model, image) if zoo_model and image else None
-    target, counterfactual = sidebar_class(predictions, zoo_model.labels) if predictions else (None, False)
+    context = f"{choice.digest[:16]}:{model[0]}:{model[1]}"
+    target, counterfactual = (
+        sidebar_class(predictions, zoo_model.labels, context) if predictions else (None, False)
+    )
     methods = sidebar_methods()
     display = sidebar_display()
     if predictions is None:
@@ -300,7 +297,7 @@ def main() -> None:
     result = explain(choice, image, model, layer, target, methods, counterfactual)
     if result is None:
         return
-    render_panels(result, display)
+    render_panels(result, choice.name, display)
     render_status(result)
     left, right = st.columns([2, 3])
     with left:
