@@ -19,7 +19,7 @@ from explainers.samples import list_samples
 from explainers.service import ExplanationResult, Prediction
 from models_zoo import ZooModel, list_zoo, load_model
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"]
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 PANELS_PER_ROW = 4
 OTHER_CLASS = -1  # the "another class" choice of the class radio
 

@@ -107,11 +107,14 @@ def png_claiming(width: int, height: int) -> bytes:
     )
 
 
+# problem -> (file name, bytes, MIME type, words the error must contain)
 BAD_FILES = {
-    "corrupt": ("broken.png", png(Image.new("RGB", (64, 64), "red"))[:60], "image/png"),
-    "not an image": ("notes.png", b"This is a text file, not a picture.\n" * 20, "image/png"),
-    "decompression bomb": ("bomb.png", png_claiming(50_000, 50_000), "image/png"),
-    "1x1 pixel": ("dot.png", png(Image.new("RGB", (1, 1), "blue")), "image/png"),
+    "corrupt": ("broken.png", png(Image.new("RGB", (64, 64), "red"))[:60], "image/png", "truncated"),
+    "not an image": ("notes.png", b"This is a text file, not a picture.\n" * 20, "image/png", "not a PNG"),
+    # Over the app's 40-megapixel limit, and over Pillow's own bomb limit.
+    "decompression bomb": ("bomb.png", png_claiming(8_000, 8_000), "image/png", "40 megapixels"),
+    "huge decompression bomb": ("huge.png", png_claiming(50_000, 50_000), "image/png", "too large"),
+    "1x1 pixel": ("dot.png", png(Image.new("RGB", (1, 1), "blue")), "image/png", "1×1"),
 }
 
 
@@ -182,11 +185,12 @@ def test_unavailable_weights_get_a_message_and_the_page_recovers(monkeypatch):
 
 @pytest.mark.parametrize("problem", list(BAD_FILES))
 def test_bad_upload_shows_an_error_and_the_page_keeps_working(problem):
-    name, data, mime = BAD_FILES[problem]
+    name, data, mime, words = BAD_FILES[problem]
     at = open_app()
     at.file_uploader(key="upload").set_value((name, data, mime)).run()
     assert not at.exception
     assert len(errors(at)) == 1 and errors(at)[0].startswith(f"Cannot use {name}: ")
+    assert words in errors(at)[0]
     assert "Traceback" not in errors(at)[0]
     assert not at.image
     at.file_uploader(key="upload").set_value(None).run()
