@@ -244,6 +244,8 @@ def render_inspector(result: ExplanationResult, display: Display) -> None:
     st.subheader("Inspect a map")
     method = st.selectbox("Map", list(result.maps), format_func=service.method_title, key="inspect")
     values = service.inspect_values(result, method)
+    if result.kind(method) == "guided":
+        st.caption("A guided map: each pixel's largest absolute gradient over R, G, B, scaled to [0, 1].")
     st.plotly_chart(
         heatmap_figure(values, display.colormap, result.caption(method)), width="stretch", key="heatmap"
     )
@@ -275,7 +277,10 @@ def render_status(result: ExplanationResult) -> None:
 def main() -> None:
     st.set_page_config(page_title="CAM Explorer", page_icon="🔍", layout="wide")
     st.title("CAM Explorer")
-    st.caption("What does the network look at? Class activation maps and guided maps of a CNN's decision.")
+    st.caption(
+        "What does the network look at? Warm colours mark the regions that raise the score of the "
+        "explained class; the guided maps below show the fine detail it responds to."
+    )
 
     choice = sidebar_image()
     model = sidebar_model()

@@ -98,9 +98,13 @@ class ExplanationResult:
     seconds: float = 0.0
     device: str = "CPU"
 
+    def kind(self, method: str) -> str:
+        """How a method's map is shown: "cam" (a heat map) or "guided" (an RGB gradient)."""
+        return METHODS[method].kind
+
     def methods(self, kind: str) -> list[str]:
         """The computed methods of one kind ("cam" or "guided"), in the order asked."""
-        return [name for name in self.maps if METHODS[name].kind == kind]
+        return [name for name in self.maps if self.kind(name) == kind]
 
     def caption(self, method: str) -> str:
         """Names the method, class and probability, e.g. "Grad-CAM · tabby · 45.2%"."""
@@ -248,7 +252,7 @@ def render_panel(
     Returns:
         (H, W, 3) uint8.
     """
-    if METHODS[method].kind == "guided":
+    if result.kind(method) == "guided":
         return guided_image(result.maps[method])
     return overlay(result.image, result.maps[method], colormap, opacity)
 
