@@ -18,7 +18,9 @@ The rule is read when the backward pass runs, so one recorded forward serves bot
 
 ReLU6 is ReLU followed by a clip at 6; the clip is not a ReLU and keeps its plain gradient
 [x < 6] under both rules. Models with other activations (SiLU, GELU, Hardswish...) are refused:
-the rules are not defined for them, and the map would silently mix rules.
+the rules are not defined for them, and the map would silently mix rules. Gates such as the
+sigmoid of squeeze-and-excitation blocks keep their plain gradient, as in Captum. Not seen:
+TorchScript models (refused), and ReLUs written as `clamp(min=0)` or `maximum` (plain gradient).
 """
 
 from __future__ import annotations

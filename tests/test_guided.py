@@ -16,6 +16,9 @@ from torch import nn
 from explainers import METHODS, Evidence, MethodError, explain, guided_to_image
 from explainers.guided import _RectifyReLUs, _Rule
 
+# Captum announces its (temporary) ReLU hooks on every call.
+pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning")
+
 GUIDED = ["guided_backprop", "deconvnet", "guided_gradcam", "guided_gradcam++"]
 
 
@@ -112,13 +115,13 @@ def test_registered():
 @pytest.fixture(scope="module")
 def resnet18():
     torch.manual_seed(0)
-    return frozen(torchvision.models.resnet18(weights=None)), torch.randn(1, 3, 224, 224), "layer4"
+    return frozen(torchvision.models.resnet18(weights=None)), torch.randn(1, 3, 160, 160), "layer4"
 
 
 @pytest.fixture(scope="module")
 def vgg11():
     torch.manual_seed(0)
-    return frozen(torchvision.models.vgg11(weights=None)), torch.randn(1, 3, 160, 160), "features.18"
+    return frozen(torchvision.models.vgg11(weights=None)), torch.randn(1, 3, 128, 128), "features.18"
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
