@@ -24,6 +24,7 @@ from torch import nn
 
 from explainers.core import METHODS, Evidence, get_method
 from explainers.errors import ExplainerInputError, MethodError
+from explainers.guided import guided_to_image
 from explainers.images import content_hash, load_image
 from explainers.render import overlay, to_numpy
 from models_zoo import ZooModel
@@ -41,7 +42,6 @@ __all__ = [
     "content_hash",
     "default_methods",
     "device_name",
-    "guided_image",
     "inspect_values",
     "method_options",
     "method_title",
@@ -235,15 +235,6 @@ def run_explanation(
     )
 
 
-def guided_image(gradient: np.ndarray) -> np.ndarray:
-    """A raw guided map (H, W, 3) as a picture: standardise, scale by 0.1, centre on grey.
-
-    The display rule of the Grad-CAM paper's code (SPEC.md); returns (H, W, 3) uint8.
-    """
-    centred = (gradient - gradient.mean()) / (gradient.std() + 1e-5)
-    return np.uint8((np.clip(centred * 0.1 + 0.5, 0, 1) * 255).round())
-
-
 def render_panel(
     result: ExplanationResult, method: str, colormap: str = "jet", opacity: float = 0.5
 ) -> np.ndarray:
@@ -253,7 +244,7 @@ def render_panel(
         (H, W, 3) uint8.
     """
     if result.kind(method) == "guided":
-        return guided_image(result.maps[method])
+        return guided_to_image(result.maps[method])
     return overlay(result.image, result.maps[method], colormap, opacity)
 
 

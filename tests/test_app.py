@@ -125,6 +125,7 @@ def test_default_page_shows_a_sample_explained_at_once():
     assert "Chelsea the cat as efficientnet_lite0 sees it (224×224)" in captions(at)
     assert shows_overlays(at)
     assert set(at.multiselect(key="methods").value) == set(default_methods())
+    assert any(c.startswith("Guided backprop · ") for c in captions(at)), "a row of guided maps"
     assert "on **CPU**" in status(at)
     assert at.get("plotly_chart"), "top-5 chart and heat map"
     assert len(at.get("download_button")) == 3
@@ -222,6 +223,8 @@ def test_display_changes_do_not_recompute(monkeypatch):
     at.slider(key="opacity").set_value(0.8).run()
     at.selectbox(key="colormap").set_value("viridis").run()
     at.selectbox(key="inspect").set_value("layercam").run()
+    at.selectbox(key="inspect").set_value("guided_backprop").run()
+    assert any("largest absolute gradient" in c.value for c in at.caption)
     assert len(calls) == 1 and not at.exception
     layer_select(at).set_value("_blocks.10").run()
     assert len(calls) == 2

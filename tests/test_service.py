@@ -18,7 +18,6 @@ from explainers.service import (
     ExplanationResult,
     default_methods,
     device_name,
-    guided_image,
     inspect_values,
     method_options,
     predict,
@@ -98,14 +97,6 @@ def test_render_panel_blends_with_the_display_settings(result):
     assert not np.array_equal(render_panel(result, "gradcam", "jet", 0.5), plain)
 
 
-def test_guided_image_follows_the_display_rule():
-    gradient = np.random.default_rng(0).normal(size=(16, 16, 3)).astype(np.float32)
-    expected = np.clip((gradient - gradient.mean()) / (gradient.std() + 1e-5) * 0.1 + 0.5, 0, 1) * 255
-    picture = guided_image(gradient)
-    assert picture.dtype == np.uint8
-    np.testing.assert_allclose(picture, expected, atol=1)
-
-
 def test_guided_maps_render_as_pictures():
     gradient = np.random.default_rng(0).normal(size=(8, 8, 3)).astype(np.float32)
     fake = ExplanationResult("m", "l", 0, "c", 0.5, False, np.zeros((8, 8, 3), np.uint8), [], {}, {})
@@ -116,6 +107,14 @@ def test_guided_maps_render_as_pictures():
         assert picture.dtype == np.uint8 and picture.shape == (8, 8, 3)
         values = inspect_values(fake, name)
         assert values.shape == (8, 8) and values.max() == pytest.approx(1.0)
+
+
+def test_default_methods_give_cams_and_guided_maps(lite0, chelsea):
+    both = run_explanation(lite0, chelsea, lite0.default_layer, default_methods())
+    assert both.methods("cam") and both.methods("guided") and not both.errors
+    for name in both.methods("guided"):
+        assert both.maps[name].shape == (*lite0.input_size, 3)
+        assert render_panel(both, name).shape == (*lite0.input_size, 3)
 
 
 def test_files_round_trip(result):
