@@ -65,7 +65,8 @@ def get_predictions(digest: str, model: str, random_weights: bool, _image: Image
     return service.predict(get_model(model, random_weights), _image)
 
 
-@st.cache_data(max_entries=128, show_spinner="Computing the explanation…")
+# A few MB per entry (one float map per method): bounded so a long demo cannot fill the memory.
+@st.cache_data(max_entries=64, show_spinner="Computing the explanation…")
 def get_explanation(
     digest: str,
     model: str,
