@@ -39,3 +39,24 @@ def test_numbers_follow_the_model(lite0):
     other = load_model("resnet18", weights=None, device="cpu")
     trained, random = watermark_lesson(lite0, None), watermark_lesson(other, None)
     assert trained.measurements != random.measurements
+
+
+def test_class_discrimination_holds_on_the_collage(lite0):
+    """Grad-CAM paper: Grad-CAM's two class maps are far apart, guided backprop's close."""
+    result = LESSONS["discrimination"](lite0, None)
+    assert result.holds, result.verdict
+    assert result.measurements["Spearman, gradcam"] < 0
+    assert result.measurements["Spearman, guided_backprop"] > 0.5
+
+
+def test_sanity_check_separates_gradcam_from_guided_backprop(lite0):
+    result = LESSONS["sanity"](lite0, None)
+    assert result.holds, result.verdict
+    assert result.series["gradcam"][0] == 1.0 and len(result.series_x) == len(result.series["gradcam"])
+
+
+def test_instances_lesson_reports_what_it_measures(lite0):
+    result = LESSONS["instances"](lite0, None)
+    shares = [v for k, v in result.measurements.items() if "share" in k]
+    assert all(0 <= s <= 1 for s in shares)
+    assert f"{result.measurements['Grad-CAM share, left']:.0%}" in result.verdict

@@ -1,0 +1,340 @@
+"""Faithfulness scores of explanation maps, region checks and rank correlation, in torch.
+
+- Average Drop % and Increase in Confidence (Chattopadhyay et al., Grad-CAM++, arXiv 1710.11063,
+  section 6.1.1): with Y the softmax score of class c on the image and O its score on
+  image ⊙ map, Average Drop = mean over images of max(0, Y - O) / Y · 100, and Increase in
+  Confidence = share (%) of images with O > Y.
+- Deletion and insertion (Petsiuk et al., RISE, arXiv 1806.07421): rank the pixels by the map;
+  deletion replaces them, most salient first, with a baseline; insertion starts from a blurred
+  image and puts them back. The curve is the class's softmax probability against the fraction
+  of pixels changed; its area (trapezoid rule) is the score. Lower deletion and higher
+  insertion AUC are better.
+
+All image-space operations happen in the model's normalised input space, so the multiplicative
+mask and the deletion baseline 0 mean "the training mean colour" rather than black.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypedDict
+
+import torch
+from torch import nn
+from torchvision.transforms import functional as TF
+
+from explainers.capture import model_device
+from explainers.errors import ExplainerInputError
+
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, x1 and y1 exclusive
+
+
+class Curves(TypedDict):
+    """What `deletion_insertion` returns; tensors are 1-D, float32, on the CPU."""
+
+    fractions: torch.Tensor  # (steps + 1,) fraction of pixels deleted / inserted, 0 to 1
+    deletion: torch.Tensor  # (steps + 1,) class probability while deleting
+    insertion: torch.Tensor  # (steps + 1,) class probability while inserting
+    deletion_auc: float
+    insertion_auc: float
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """All faithfulness scores of one map on one image.
+
+    Attributes:
+        original: Y, the class's softmax score on the image.
+        masked: O, its score on image ⊙ map.
+        drop: max(0, Y - O) / Y · 100, this image's term of Average Drop %.
+        increase: O > Y, this image's term of Increase in Confidence.
+        curves: the deletion and insertion curves and their AUCs.
+    """
+
+    original: float
+    masked: float
+    drop: float
+    increase: bool
+    curves: Curves
+
+    @property
+    def deletion_auc(self) -> float:
+        return self.curves["deletion_auc"]
+
+    @property
+    def insertion_auc(self) -> float:
+        return self.curves["insertion_auc"]
+
+
+def saliency(heatmap: torch.Tensor) -> torch.Tensor:
+    """A map as (H, W) non-negative saliency in [0, 1].
+
+    CAM maps (H, W) pass through, clamped to [0, 1]. Guided maps, raw input gradients (H, W, 3),
+    become the absolute value summed over colour channels, divided by its maximum (all zeros
+    when the gradient is zero everywhere).
+    """
+    heatmap = heatmap.detach().float()
+    if heatmap.ndim == 3 and heatmap.shape[-1] == 3:
+        magnitude = heatmap.abs().sum(-1)
+        peak = magnitude.max()
+        return magnitude / peak if peak > 0 else magnitude
+    if heatmap.ndim != 2:
+        raise ExplainerInputError(f"Expected a map of shape (H, W) or (H, W, 3), got {tuple(heatmap.shape)}.")
+    return heatmap.clamp(0, 1)
+
+
+def energy_in_box(heatmap: torch.Tensor, box: Box) -> float:
+    """The share of a map's total inside a box: does the model look at the stethoscope or the face?
+
+    Args:
+        heatmap: (H, W) non-negative, or a guided (H, W, 3) map (see `saliency`).
+        box: (x0, y0, x1, y1) in the map's pixels (the model's input crop), x1 and y1
+            exclusive; clipped to the map.
+
+    Returns:
+        sum(map inside box) / sum(map), in [0, 1]; 0.0 for a map with no energy at all.
+
+    Raises:
+        ExplainerInputError: the box is empty or lies outside the map.
+    """
+    values = saliency(heatmap)
+    height, width = values.shape
+    x0, y0, x1, y1 = (int(v) for v in box)
+    x0, x1 = max(0, x0), min(width, x1)
+    y0, y1 = max(0, y0), min(height, y1)
+    if x1 <= x0 or y1 <= y0:
+        raise ExplainerInputError(
+            f"The box {tuple(box)} is empty or outside the {width}×{height} image; "
+            "give (x0, y0, x1, y1) with x0 < x1 and y0 < y1."
+        )
+    total = values.sum()
+    if total <= 0:
+        return 0.0
+    return float(values[y0:y1, x0:x1].sum() / total)
+
+
+def rank(values: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n of a 1-D tensor, ties sharing their average rank (as scipy.stats.rankdata)."""
+    sorted_values, order = values.sort(stable=True)
+    _, inverse, counts = torch.unique_consecutive(sorted_values, return_inverse=True, return_counts=True)
+    # A run of c equal values occupying positions s+1..s+c gets the average rank s + (c + 1) / 2.
+    ends = counts.cumsum(0).to(torch.float64)
+    average = ends - (counts.to(torch.float64) - 1) / 2
+    ranks = torch.empty_like(average[inverse])
+    ranks[order] = average[inverse]
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps of the same shape, flattened; ties get average ranks.
+
+    rho = Pearson correlation of the ranks. A constant map has no ranking: the correlation with
+    it is defined as 0 here (scipy would return NaN).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"Maps differ in shape: {tuple(a.shape)} and {tuple(b.shape)}.")
+    ra = rank(a.detach().flatten().double().cpu())
+    rb = rank(b.detach().flatten().double().cpu())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = ra.norm() * rb.norm()
+    if denominator == 0:
+        return 0.0
+    return float((ra * rb).sum() / denominator)
+
+
+def class_scores(model: nn.Module, images: torch.Tensor, target: int, batch_size: int = 32) -> torch.Tensor:
+    """Softmax probability of class ``target`` for a batch (N, 3, H, W), in chunks; (N,) on the CPU."""
+    return torch.cat([chunk for chunk in _scores(model, iter(images.split(batch_size)), target)])
+
+
+def _scores(model: nn.Module, chunks: Iterator[torch.Tensor], target: int) -> Iterator[torch.Tensor]:
+    device = model_device(model)
+    with torch.inference_mode():
+        for chunk in chunks:
+            yield model(chunk.to(device)).float().softmax(-1)[:, target].cpu()
+
+
+def confidence(
+    model: nn.Module, x: torch.Tensor, heatmaps: torch.Tensor, target: int
+) -> tuple[float, torch.Tensor]:
+    """Y and O of the Grad-CAM++ paper for one image and one or more maps, in one batch.
+
+    Args:
+        model: the classifier, in eval mode.
+        x: the preprocessed image, (1, 3, H, W).
+        heatmaps: (H, W) or (k, H, W) maps in [0, 1] (guided maps: pass `saliency(map)`).
+        target: the class.
+
+    Returns:
+        (Y, O): the class's softmax score on x, and on x ⊙ map for each map, (k,).
+    """
+    heatmaps = heatmaps.detach().float().reshape(-1, *x.shape[-2:]).to(x.device)
+    images = torch.cat([x, x * heatmaps[:, None]])  # (1 + k, 3, H, W)
+    scores = class_scores(model, images, target)
+    return float(scores[0]), scores[1:]
+
+
+def average_drop(original: float | torch.Tensor, masked: float | torch.Tensor) -> float:
+    """Average Drop %: mean of max(0, Y - O) / Y · 100 over images (one image: its drop).
+
+    Args:
+        original: Y per image, a float or a 1-D tensor / sequence.
+        masked: O per image, the same shape.
+    """
+    y, o = torch.as_tensor(original, dtype=torch.float64), torch.as_tensor(masked, dtype=torch.float64)
+    return float(((y - o).clamp(min=0) / y).mean() * 100)
+
+
+def increase_in_confidence(original: float | torch.Tensor, masked: float | torch.Tensor) -> float:
+    """Increase in Confidence %: the share of images with O > Y (one image: 100 or 0)."""
+    y, o = torch.as_tensor(original, dtype=torch.float64), torch.as_tensor(masked, dtype=torch.float64)
+    return float((o > y).double().mean() * 100)
+
+
+def blurred(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (N, 3, H, W), kernel side 2·ceil(3σ)+1 (odd); the insertion start image."""
+    if sigma <= 0:
+        return x.clone()
+    side = 2 * math.ceil(3 * sigma) + 1
+    side = min(side, 2 * (min(x.shape[-2:]) // 2) - 1)  # reflect padding needs side < image
+    return TF.gaussian_blur(x, [side, side], [sigma, sigma])
+
+
+def pixel_order(heatmap: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Each pixel's rank (0 = most salient), (H, W); ties (large zero areas) in a seeded random order.
+
+    A stable sort alone would break ties in raster order, deleting the top rows of a map's
+    empty part first, which favours or penalises a map for where its zeros are.
+    """
+    flat = saliency(heatmap).flatten().cpu()
+    generator = torch.Generator().manual_seed(seed)
+    shuffle = torch.randperm(flat.numel(), generator=generator)
+    order = shuffle[flat[shuffle].argsort(descending=True, stable=True)]
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(order.numel())
+    return ranks.view(heatmap.shape[:2])
+
+
+def deletion_insertion(
+    model: nn.Module,
+    x: torch.Tensor,
+    heatmap: torch.Tensor,
+    target: int,
+    steps: int = 32,
+    baseline: float | torch.Tensor = 0.0,
+    blur: float = 5.0,
+    batch_size: int = 33,
+    seed: int = 0,
+) -> Curves:
+    """Deletion and insertion curves of one map (RISE, Petsiuk et al. 2018, arXiv 1806.07421).
+
+    Pixels are ranked by the map. At fraction f of the pixels, deletion shows the image with the
+    top-f pixels replaced by ``baseline``; insertion shows the blurred image with the top-f pixels
+    restored. The score is the class's softmax probability; AUC = ∫ score df by the trapezoid
+    rule over f = 0, 1/steps, ..., 1. All 2·(steps + 1) images go through the model in batches
+    under `torch.inference_mode`; they are built one batch at a time to bound memory.
+
+    Args:
+        model: the classifier, in eval mode (never modified).
+        x: the preprocessed image, (1, 3, H, W).
+        heatmap: (H, W) map, or a guided (H, W, 3) map (see `saliency`).
+        target: the class.
+        steps: number of intervals of the curve (RISE uses one step per 224 pixels, i.e. 224).
+        baseline: value of deleted pixels in normalised space (0: the training mean colour), or
+            a (1, 3, H, W) image.
+        blur: σ in pixels of the Gaussian blur of the insertion start image (0: no blur).
+        batch_size: images per forward pass.
+        seed: order of pixels with equal saliency.
+
+    Returns:
+        `Curves`: fractions, deletion and insertion scores and their AUCs.
+    """
+    device = model_device(model)
+    x = x.detach().float().to(device)
+    height, width = x.shape[-2:]
+    if saliency(heatmap).shape != (height, width):
+        raise ExplainerInputError(f"Map {tuple(heatmap.shape)} and image {(height, width)} differ in size.")
+    if steps < 1:
+        raise ValueError("steps must be at least 1.")
+    ranks = pixel_order(heatmap, seed).to(device)  # (H, W)
+    fractions = torch.linspace(0, 1, steps + 1)
+    counts = (fractions * height * width).round().to(device)  # pixels changed at each step
+    start = blurred(x, blur)
+    fill = torch.as_tensor(baseline, dtype=x.dtype, device=device).expand_as(x)
+
+    def images(source: torch.Tensor, replacement: torch.Tensor) -> Iterator[torch.Tensor]:
+        for chunk in counts.split(batch_size):
+            changed = ranks[None, None] < chunk[:, None, None, None]  # (c, 1, H, W)
+            yield torch.where(changed, replacement, source)
+
+    deletion = torch.cat(list(_scores(model, images(x, fill), target)))
+    insertion = torch.cat(list(_scores(model, images(start, x), target)))
+    return Curves(
+        fractions=fractions,
+        deletion=deletion,
+        insertion=insertion,
+        deletion_auc=auc(fractions, deletion),
+        insertion_auc=auc(fractions, insertion),
+    )
+
+
+def auc(fractions: torch.Tensor, scores: torch.Tensor) -> float:
+    """Area under a curve by the trapezoid rule."""
+    return float(torch.trapezoid(scores.double(), fractions.double()))
+
+
+def faithfulness(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: Mapping[str, torch.Tensor],
+    target: int,
+    steps: int = 32,
+    blur: float = 5.0,
+    seed: int = 0,
+) -> dict[str, Faithfulness]:
+    """Every faithfulness score of several maps of one image: what the app shows under each panel.
+
+    Args:
+        model: the classifier, in eval mode.
+        x: the preprocessed image, (1, 3, H, W).
+        maps: method -> map, as in `Explanation.maps` (CAM (H, W) or guided (H, W, 3)).
+        target: the explained class (`Explanation.target`).
+        steps, blur, seed: see `deletion_insertion`.
+
+    Returns:
+        method -> `Faithfulness`.
+    """
+    names = list(maps)
+    stacked = torch.stack([saliency(maps[name]) for name in names]).to(x.device)
+    original, masked = confidence(model, x, stacked, target)
+    scores = {}
+    for name, heatmap, o in zip(names, stacked, masked.tolist(), strict=True):
+        curves = deletion_insertion(model, x, heatmap, target, steps=steps, blur=blur, seed=seed)
+        scores[name] = Faithfulness(
+            original=original,
+            masked=o,
+            drop=average_drop(original, o),
+            increase=o > original,
+            curves=curves,
+        )
+    return scores
+
+
+def summarise(scores: Sequence[Faithfulness]) -> dict[str, float]:
+    """Aggregate per-image scores of one method over images (the papers' tables).
+
+    Returns:
+        average_drop (%), increase_in_confidence (%), deletion_auc and insertion_auc (means).
+    """
+    if not scores:
+        raise ValueError("No scores to summarise.")
+    y = torch.tensor([s.original for s in scores])
+    o = torch.tensor([s.masked for s in scores])
+    return {
+        "average_drop": average_drop(y, o),
+        "increase_in_confidence": increase_in_confidence(y, o),
+        "deletion_auc": sum(s.deletion_auc for s in scores) / len(scores),
+        "insertion_auc": sum(s.insertion_auc for s in scores) / len(scores),
+    }
