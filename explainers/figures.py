@@ -33,14 +33,16 @@ def predictions_figure(predictions: Sequence[Prediction], highlight: int | None 
             orientation="h",
             marker_color=[HIGHLIGHT if p.index == highlight else MUTED for p in shown],
             text=[f"{p.probability:.1%}" for p in shown],
-            textposition="auto",
+            textposition="outside",  # inside, plotly rotates the text of thin bars
+            textangle=0,
+            cliponaxis=False,
             customdata=[p.index for p in shown],
             hovertemplate="%{y}(class %{customdata}): %{x:.2%}<extra></extra>",
         )
     )
     figure.update_layout(
         height=60 + 36 * len(shown),
-        margin=dict(l=0, r=10, t=10, b=30),
+        margin=dict(l=0, r=50, t=10, b=30),  # room for the label of a bar near 100%
         xaxis=dict(range=[0, 1], tickformat=".0%", title=None),
         yaxis=dict(automargin=True),
         showlegend=False,
