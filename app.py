@@ -309,7 +309,8 @@ def main() -> None:
     with left:
         render_predictions(predictions, result.target)
     with right:
-        render_inspector(result, display)
+        if result.maps:  # empty when every chosen method was refused (see the warnings)
+            render_inspector(result, display)
 
 
 if __name__ == "__main__":

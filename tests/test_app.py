@@ -152,6 +152,10 @@ def test_layer_class_and_methods_can_be_changed():
     assert not at.exception
     assert {c.split(" · ")[0] for c in captions(at)} >= {"HiResCAM", "XGrad-CAM"}
 
+    # CAM does not apply at EfficientNet-Lite0's _bn1: a warning, not a failure.
+    at.multiselect(key="methods").set_value(["cam"]).run()
+    assert not at.exception and "CAM needs" in at.warning[0].value
+
     at.multiselect(key="methods").set_value([]).run()
     assert not at.exception and "Choose at least one method" in at.info[0].value
 
