@@ -55,7 +55,9 @@ def sidebar() -> tuple[str, str, bool, bytes | None, str | None]:
         st.header("Model")
         names = list_zoo()
         model = st.selectbox("Classifier", names, index=names.index(DEFAULT_MODEL), key="lesson_model")
-        random_weights = st.toggle("Random weights", key="lesson_random", help="Every lesson on an untrained net.")
+        random_weights = st.toggle(
+            "Random weights", key="lesson_random", help="Run every lesson on an untrained network."
+        )
         st.header("Your own image")
         upload = st.file_uploader(
             "Optional: run the lesson on your image (the watermark lesson adds the watermark to it)",
@@ -73,16 +75,19 @@ def render_lesson(lesson: Lesson) -> None:
     st.caption(f"Source: {lesson.source}")
     for start in range(0, len(lesson.panels), PANELS_PER_ROW):
         columns = st.columns(PANELS_PER_ROW)
-        for column, panel in zip(columns, lesson.panels[start : start + PANELS_PER_ROW]):
-            column.image(panel.image, caption=panel.caption, use_container_width=True)
+        for column, panel in zip(columns, lesson.panels[start : start + PANELS_PER_ROW], strict=False):
+            column.image(panel.image, caption=panel.caption, width="stretch")
     st.markdown("**Measured now**")
     items = list(lesson.measurements.items())
     columns = st.columns(min(4, len(items)))
     for i, (name, value) in enumerate(items):
         columns[i % len(columns)].metric(name, format_value(value))
     if lesson.series:
-        st.plotly_chart(series_figure(lesson), use_container_width=True)
-    (st.success if lesson.holds else st.warning)(("Holds here. " if lesson.holds else "Does not hold here. ") + lesson.verdict)
+        st.plotly_chart(series_figure(lesson), width="stretch")
+    if lesson.holds:
+        st.success(f"Holds here. {lesson.verdict}")
+    else:
+        st.warning(f"Does not hold here. {lesson.verdict}")
 
 
 def format_value(value: float) -> str:
