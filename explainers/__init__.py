@@ -5,18 +5,22 @@
     >>> result.maps["gradcam"]  # (H, W) in [0, 1]
 """
 
-from explainers import cam  # noqa: F401  (registers the CAM family)
+from explainers import cam, score  # noqa: F401  (register the CAM family and Score-CAM)
 from explainers.core import METHODS, Evidence, Explanation, Method, explain, get_method, register
 from explainers.errors import (
+    Cancelled,
     ExplainerInputError,
     ImageError,
     LayerError,
     MethodError,
     TargetError,
 )
+from explainers.multi import explain_classes, fuse_layers, stage_ends, sweep
+from explainers.score import ScoreOptions, scorecam_passes
 
 __all__ = [
     "METHODS",
+    "Cancelled",
     "Evidence",
     "ExplainerInputError",
     "Explanation",
@@ -24,8 +28,14 @@ __all__ = [
     "LayerError",
     "Method",
     "MethodError",
+    "ScoreOptions",
     "TargetError",
     "explain",
+    "explain_classes",
+    "fuse_layers",
     "get_method",
     "register",
+    "scorecam_passes",
+    "stage_ends",
+    "sweep",
 ]
