@@ -41,8 +41,9 @@ SCORINGS: dict[str, str] = {
     "logits": "w = softmax_k(y_c(X * H^k))",
 }
 
-# Masked images per forward pass on the CPU: 32 was the fastest of 16/32/64 for ResNet-18
-# and ResNet-50 at 224 x 224 on two cores; larger batches only cost memory.
+# Masked images per forward pass on the CPU. On two cores at 224 x 224, per image: ResNet-18
+# 70 / 53 / 44 ms and ResNet-50 208 / 161 / 159 ms at 16 / 32 / 64; 32 gets most of the gain
+# for half the memory of 64 (a VGG-16 batch of 64 would hold gigabytes).
 CPU_BATCH_SIZE = 32
 # On a GPU the batch fills half the free memory, assuming a forward pass in inference mode
 # holds at most this many bytes per input value (VGG-16: about 25); capped at MAX_GPU_BATCH.
@@ -163,6 +164,8 @@ def _masked_scores(evidence: Evidence, layer: str, plan: _Plan, options: ScoreOp
     _report(options.progress, done, total)
 
     def score(inputs: torch.Tensor) -> torch.Tensor:  # (b, 3, H, W) -> (b, k, 2)
+        if inputs.device.type == "cpu":  # oneDNN's convolutions: about 20% faster, same result
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         logits = model(inputs).float()
         chosen = logits[:, targets]
         return torch.stack([chosen, chosen - logits.logsumexp(1, keepdim=True)], -1)
@@ -185,7 +188,7 @@ def _masked_scores(evidence: Evidence, layer: str, plan: _Plan, options: ScoreOp
                 batch_size //= 2  # the memory estimate was too optimistic: retry with half
                 continue
             done += batch.numel()
-            _report(options.progress, done, total)
+            _report(options.progress, done, total, x.device)
         if done < total:  # the constant channels: one pass on the blank input they all give
             constant = torch.ones(activations.shape[0], dtype=torch.bool, device=x.device)
             constant[plan.varying] = False
@@ -194,8 +197,12 @@ def _masked_scores(evidence: Evidence, layer: str, plan: _Plan, options: ScoreOp
     return table.clone(), batch_size  # a normal tensor, usable outside inference mode
 
 
-def _report(progress: Progress | None, done: int, total: int) -> None:
-    if progress is not None and progress(done, total) is False:
+def _report(progress: Progress | None, done: int, total: int, device: torch.device | None = None) -> None:
+    if progress is None:
+        return
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)  # report finished work, not work merely queued
+    if progress(done, total) is False:
         raise Cancelled(f"Score-CAM was stopped after {done} of {total} forward passes.")
 
 
