@@ -35,6 +35,8 @@ def explain_classes(
 ) -> list[Explanation]:
     """Explain several classes at once: one forward pass and one batched backward pass.
 
+    Score-CAM scores every class from the same masked passes, so k classes cost what one does.
+
     Args:
         model, x, layer, methods, counterfactual, eigen_smooth, options: as for `explain`.
         targets: class indices, or k to explain the k highest-scoring classes (best first).
@@ -106,8 +108,8 @@ def fuse_layers(
     Shallow layers' maps have small values next to deep ones', so each map but the deepest
     is first rescaled with M' = tanh(gamma * M / max(M)), gamma = 2; the deepest is divided
     by its maximum. All are upsampled bilinearly to the same size and combined by the
-    element-wise maximum, then min-max normalised. (torchcam also applies the tanh to the
-    deepest map; the paper scales the shallow ones.)
+    element-wise maximum, then min-max normalised. (torchcam applies the tanh to every map;
+    the paper motivates it by the shallow maps' small values, so the deepest stays linear here.)
 
     Args:
         maps: raw, non-negative maps (h_i, w_i) ordered from shallow to deep, or a `sweep`
