@@ -7,9 +7,10 @@
     >>> guided_to_image(result.maps["guided_gradcam"])  # (H, W, 3) uint8, from the raw (H, W, 3) map
 """
 
-from explainers import cam, guided  # noqa: F401  (register the CAM and guided families)
+from explainers import cam, guided, score  # noqa: F401  (register the method families)
 from explainers.core import METHODS, Evidence, Explanation, Method, explain, get_method, register
 from explainers.errors import (
+    Cancelled,
     ExplainerInputError,
     ImageError,
     LayerError,
@@ -17,9 +18,12 @@ from explainers.errors import (
     TargetError,
 )
 from explainers.guided import guided_to_image
+from explainers.multi import explain_classes, fuse_layers, stage_ends, sweep
+from explainers.score import ScoreOptions, scorecam_passes
 
 __all__ = [
     "METHODS",
+    "Cancelled",
     "Evidence",
     "ExplainerInputError",
     "Explanation",
@@ -27,9 +31,15 @@ __all__ = [
     "LayerError",
     "Method",
     "MethodError",
+    "ScoreOptions",
     "TargetError",
     "explain",
+    "explain_classes",
+    "fuse_layers",
     "get_method",
     "guided_to_image",
     "register",
+    "scorecam_passes",
+    "stage_ends",
+    "sweep",
 ]

@@ -3,6 +3,8 @@
 Notation: A is the layer's activation (1, C, h, w), g = d y^c / d A is (k, C, h, w) for k target
 classes, Z = h * w. Every map is ReLU(sum_k w_k A^k), upsampled and normalised by the base class;
 a method only says how its weights w are made, shaped (k, C) or element-wise (k, C, h, w).
+With the ``eigen_smooth`` option the channel sum becomes the first principal component of the
+weighted activations (`explainers.smooth.eigen_projection`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from torch import nn
 
 from explainers.core import Evidence, Method, cam_from_sum, register
 from explainers.errors import MethodError
+from explainers.smooth import eigen_projection
 
 
 class WeightedActivationCAM(Method):
@@ -31,7 +34,11 @@ class WeightedActivationCAM(Method):
         weights = self.layer_weights(evidence, layer)
         if weights.ndim == 2:
             weights = weights[:, :, None, None]
-        weighted_sum = (weights * activations).sum(1)  # (k, h, w)
+        weighted = weights * activations  # (k, C, h, w)
+        if evidence.options.get("eigen_smooth"):
+            weighted_sum = eigen_projection(weighted)  # (k, h, w)
+        else:
+            weighted_sum = weighted.sum(1)  # (k, h, w)
         return cam_from_sum(weighted_sum, evidence.input_size)
 
 

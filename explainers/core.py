@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import ClassVar, TypeVar
@@ -39,8 +39,15 @@ class Evidence:
         model: a classifier in eval mode; never modified.
         x: the input, (1, 3, H, W).
         layers: module names to capture; gradients reach the shallowest and stop there.
-        targets: class indices; None means the predicted top-1.
+        targets: class indices; None means the predicted top-``top_k`` classes.
         counterfactual: negate the gradients (Grad-CAM paper, section 5.2).
+        top_k: how many of the highest-scoring classes to explain when ``targets`` is None.
+        options: method options, read by the methods that take them (e.g. Score-CAM's
+            ``max_channels``, ``eigen_smooth`` for the CAMs).
+
+    Attributes:
+        extras: what methods report about their work (e.g. Score-CAM's number of passes);
+            copied into each `Explanation`.
     """
 
     def __init__(
@@ -50,6 +57,8 @@ class Evidence:
         layers: Sequence[str],
         targets: Sequence[int] | None = None,
         counterfactual: bool = False,
+        top_k: int = 1,
+        options: Mapping[str, object] | None = None,
     ) -> None:
         if model.training:
             raise ExplainerInputError(
@@ -64,6 +73,9 @@ class Evidence:
         self.layers = tuple(dict.fromkeys(layers))
         self._requested_targets = None if targets is None else tuple(int(t) for t in targets)
         self.counterfactual = counterfactual
+        self.top_k = top_k
+        self.options: dict[str, object] = dict(options or {})
+        self.extras: dict[str, object] = {}
         self._results: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._memo: dict[str, object] = {}
 
@@ -92,7 +104,9 @@ class Evidence:
         """The explained class indices, (k,), on the model's device."""
         num_classes = self.logits.shape[0]
         if self._requested_targets is None:
-            return self.logits.detach().argmax().reshape(1)
+            if not 1 <= self.top_k <= num_classes:
+                raise TargetError(f"Cannot explain the top {self.top_k} of {num_classes} classes.")
+            return self.logits.detach().topk(self.top_k).indices
         for target in self._requested_targets:
             if not 0 <= target < num_classes:
                 raise TargetError(
@@ -100,6 +114,11 @@ class Evidence:
                     f"(0 to {num_classes - 1})."
                 )
         return torch.tensor(self._requested_targets, device=self.device)
+
+    @property
+    def executed_layers(self) -> tuple[str, ...]:
+        """The captured layers in the order the forward pass reached them: shallow to deep."""
+        return tuple(self._forward[1])
 
     def activations(self, layer: str) -> torch.Tensor:
         """The layer's output, (1, C, h, w), detached."""
@@ -246,6 +265,8 @@ class Explanation:
         counterfactual: whether the gradients were negated.
         seconds: wall time of the call.
         device: where it ran, e.g. "cpu" or "cuda:0".
+        extras: what the methods reported about their work, e.g. Score-CAM's number of
+            forward passes and whether its map is an approximation.
     """
 
     target: int
@@ -264,6 +285,44 @@ class Explanation:
         return self.logits.softmax(0)
 
 
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """The requested method names, deduplicated in order.
+
+    Raises:
+        MethodError: no method, or an unknown one.
+    """
+    names = list(dict.fromkeys(methods))
+    if not names:
+        raise MethodError("Choose at least one method.")
+    for name in names:
+        get_method(name)
+    return names
+
+
+def collect(
+    evidence: Evidence, methods: Sequence[str], layer: str, index: int = 0, seconds: float = 0.0
+) -> Explanation:
+    """The `Explanation` of the ``index``-th target of ``evidence`` at ``layer``.
+
+    Maps already computed for other targets or layers of the same evidence are reused.
+    """
+    raw, maps = {}, {}
+    for name in methods:
+        raw_k, map_k = evidence.result(name, layer)
+        raw[name], maps[name] = raw_k[index], map_k[index]
+    return Explanation(
+        target=int(evidence.targets[index]),
+        logits=evidence.logits.detach().float().cpu(),
+        maps=maps,
+        raw=raw,
+        layer=layer,
+        counterfactual=evidence.counterfactual,
+        seconds=seconds,
+        device=str(evidence.device),
+        extras=dict(evidence.extras),
+    )
+
+
 def explain(
     model: nn.Module,
     x: torch.Tensor,
@@ -271,6 +330,10 @@ def explain(
     methods: Sequence[str],
     target: int | None = None,
     counterfactual: bool = False,
+    *,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
+    options: Mapping[str, object] | None = None,
 ) -> Explanation:
     """Explain the model's score for one class on one image with several methods.
 
@@ -284,6 +347,12 @@ def explain(
         methods: names from `METHODS`.
         target: the class index to explain; None explains the predicted top-1 class.
         counterfactual: explain what lowers the score (negated gradients).
+        aug_smooth: average each CAM over horizontal flips and pixel-value scales of the
+            input, mapped back (`explainers.smooth`); six times the passes.
+        eigen_smooth: replace each CAM's channel sum by the first principal component of
+            the weighted activations (`explainers.smooth.eigen_projection`).
+        options: method options, e.g. Score-CAM's ``max_channels``, ``batch_size``,
+            ``progress`` and ``scoring`` (`explainers.score`).
 
     Returns:
         An `Explanation` with one map per method.
@@ -293,23 +362,12 @@ def explain(
             feature map, a target out of range, a method that does not apply to the model.
     """
     start = time.perf_counter()
-    names = list(dict.fromkeys(methods))
-    if not names:
-        raise MethodError("Choose at least one method.")
-    for name in names:
-        get_method(name)
-    evidence = Evidence(model, x, [layer], None if target is None else [target], counterfactual)
-    raw, maps = {}, {}
-    for name in names:
-        raw_k, map_k = evidence.result(name, layer)
-        raw[name], maps[name] = raw_k[0], map_k[0]
-    return Explanation(
-        target=int(evidence.targets[0]),
-        logits=evidence.logits.detach().float().cpu(),
-        maps=maps,
-        raw=raw,
-        layer=layer,
-        counterfactual=counterfactual,
-        seconds=time.perf_counter() - start,
-        device=str(evidence.device),
-    )
+    names = check_methods(methods)
+    options = {**(options or {}), "eigen_smooth": eigen_smooth}
+    targets = None if target is None else [target]
+    if aug_smooth:
+        from explainers.smooth import explain_augmented  # imports this module
+
+        return explain_augmented(model, x, layer, names, targets, counterfactual, options, start)
+    evidence = Evidence(model, x, [layer], targets, counterfactual, options=options)
+    return collect(evidence, names, layer, seconds=time.perf_counter() - start)

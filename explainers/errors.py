@@ -19,3 +19,7 @@ class MethodError(ExplainerInputError):
 
 class TargetError(ExplainerInputError):
     """The class index is out of range."""
+
+
+class Cancelled(ExplainerInputError):
+    """The user stopped a long computation (Score-CAM's masked passes) before it finished."""
