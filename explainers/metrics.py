@@ -115,6 +115,39 @@ def energy_in_box(heatmap: torch.Tensor, box: Box) -> float:
     return float(values[y0:y1, x0:x1].sum() / total)
 
 
+def box_shares(maps: Mapping[str, torch.Tensor], box: Box) -> dict[str, float]:
+    """`energy_in_box` for every map of an explanation: method -> share inside the box."""
+    return {name: energy_in_box(heatmap, box) for name, heatmap in maps.items()}
+
+
+def scale_box(box: Sequence[float], from_size: tuple[int, int], to_size: tuple[int, int]) -> Box:
+    """Map a box drawn on an image of size (W, H) ``from_size`` to one of size ``to_size``.
+
+    The app draws the crop larger than the model input; this maps the user's box back to the
+    map's pixels (rounding outwards).
+    """
+    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    x0, y0, x1, y1 = box
+    return (math.floor(x0 * sx), math.floor(y0 * sy), math.ceil(x1 * sx), math.ceil(y1 * sy))
+
+
+def parse_box(text: str) -> Box:
+    """Read "x0,y0,x1,y1" (integers, x1 > x0, y1 > y0), as typed on the command line.
+
+    Raises:
+        ExplainerInputError: not four integers, or an empty box.
+    """
+    try:
+        x0, y0, x1, y1 = (int(part) for part in text.replace(" ", "").split(","))
+    except ValueError as error:
+        raise ExplainerInputError(f"A box is four integers x0,y0,x1,y1; got {text!r}.") from error
+    if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
+        raise ExplainerInputError(
+            f"The box {text!r} is empty or negative: need 0 <= x0 < x1 and 0 <= y0 < y1."
+        )
+    return (x0, y0, x1, y1)
+
+
 def rank(values: torch.Tensor) -> torch.Tensor:
     """Ranks 1..n of a 1-D tensor, ties sharing their average rank (as scipy.stats.rankdata)."""
     sorted_values, order = values.sort(stable=True)
