@@ -50,22 +50,23 @@ class Faithfulness:
         masked: O, its score on image ⊙ map.
         drop: max(0, Y - O) / Y · 100, this image's term of Average Drop %.
         increase: O > Y, this image's term of Increase in Confidence.
-        curves: the deletion and insertion curves and their AUCs.
+        curves: the deletion and insertion curves and their AUCs; None when not computed
+            (then both AUCs read NaN).
     """
 
     original: float
     masked: float
     drop: float
     increase: bool
-    curves: Curves
+    curves: Curves | None
 
     @property
     def deletion_auc(self) -> float:
-        return self.curves["deletion_auc"]
+        return self.curves["deletion_auc"] if self.curves is not None else math.nan
 
     @property
     def insertion_auc(self) -> float:
-        return self.curves["insertion_auc"]
+        return self.curves["insertion_auc"] if self.curves is not None else math.nan
 
 
 def saliency(heatmap: torch.Tensor) -> torch.Tensor:
@@ -334,7 +335,8 @@ def faithfulness(
         x: the preprocessed image, (1, 3, H, W).
         maps: method -> map, as in `Explanation.maps` (CAM (H, W) or guided (H, W, 3)).
         target: the explained class (`Explanation.target`).
-        steps, blur, seed: see `deletion_insertion`.
+        steps, blur, seed: see `deletion_insertion`; steps=0 skips the curves (Average Drop and
+            Increase in Confidence only: one forward pass for all maps).
 
     Returns:
         method -> `Faithfulness`.
@@ -344,7 +346,11 @@ def faithfulness(
     original, masked = confidence(model, x, stacked, target)
     scores = {}
     for name, heatmap, o in zip(names, stacked, masked.tolist(), strict=True):
-        curves = deletion_insertion(model, x, heatmap, target, steps=steps, blur=blur, seed=seed)
+        curves = (
+            deletion_insertion(model, x, heatmap, target, steps=steps, blur=blur, seed=seed)
+            if steps
+            else None
+        )
         scores[name] = Faithfulness(
             original=original,
             masked=o,
