@@ -3,9 +3,11 @@
     >>> from explainers import explain, METHODS
     >>> result = explain(model, x, layer="layer4", methods=["gradcam", "gradcam++"])
     >>> result.maps["gradcam"]  # (H, W) in [0, 1]
+    >>> result = explain(model, x, layer="layer4", methods=["guided_gradcam"])
+    >>> guided_to_image(result.maps["guided_gradcam"])  # (H, W, 3) uint8, from the raw (H, W, 3) map
 """
 
-from explainers import cam  # noqa: F401  (registers the CAM family)
+from explainers import cam, guided  # noqa: F401  (register the CAM and guided families)
 from explainers.core import METHODS, Evidence, Explanation, Method, explain, get_method, register
 from explainers.errors import (
     ExplainerInputError,
@@ -14,6 +16,7 @@ from explainers.errors import (
     MethodError,
     TargetError,
 )
+from explainers.guided import guided_to_image
 
 __all__ = [
     "METHODS",
@@ -27,5 +30,6 @@ __all__ = [
     "TargetError",
     "explain",
     "get_method",
+    "guided_to_image",
     "register",
 ]

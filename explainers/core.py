@@ -107,23 +107,9 @@ class Evidence:
 
     @cached_property
     def _gradients(self) -> dict[str, torch.Tensor]:
-        # One backward for all layers and all target classes: a batched vector-Jacobian product
-        # when there are several classes.
+        # One backward for all layers and all target classes.
         activations = [self._forward[1][name] for name in self.layers]
-        scores = self.logits[self.targets]
-        k = scores.shape[0]
-        if k == 1:
-            grads = torch.autograd.grad(scores.sum(), activations)
-        else:
-            eye = torch.eye(k, device=self.device, dtype=scores.dtype)
-            try:
-                grads = torch.autograd.grad(scores, activations, eye, is_grads_batched=True)
-            except RuntimeError:  # an op without a batching rule: fall back to k backwards
-                per_class = [
-                    torch.autograd.grad(scores[i], activations, retain_graph=True) for i in range(k)
-                ]
-                grads = tuple(torch.cat(parts) for parts in zip(*per_class))
-            grads = tuple(g.reshape(k, *g.shape[-3:]) for g in grads)
+        grads = batched_grad(self.logits[self.targets], activations)
         sign = -1.0 if self.counterfactual else 1.0
         return {name: sign * g for name, g in zip(self.layers, grads)}
 
@@ -187,6 +173,32 @@ def get_method(name: str) -> Method:
     close = difflib.get_close_matches(name, list(METHODS), n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise MethodError(f"Unknown method {name!r}.{hint} Available: {', '.join(METHODS)}.")
+
+
+def batched_grad(
+    scores: torch.Tensor, inputs: Sequence[torch.Tensor], retain_graph: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """The gradient of each of k scores with respect to each input, in one backward pass.
+
+    Args:
+        scores: (k,) scalars of one graph.
+        inputs: tensors of batch size 1, (1, ...), that the scores depend on.
+        retain_graph: keep the graph for a later backward pass.
+
+    Returns:
+        One (k, ...) tensor per input: row i is d scores[i] / d input.
+    """
+    k = scores.shape[0]
+    if k == 1:
+        return torch.autograd.grad(scores.sum(), inputs, retain_graph=retain_graph)
+    # A batched vector-Jacobian product: one backward for all k classes.
+    eye = torch.eye(k, device=scores.device, dtype=scores.dtype)
+    try:
+        grads = torch.autograd.grad(scores, inputs, eye, retain_graph=retain_graph, is_grads_batched=True)
+    except RuntimeError:  # an op without a batching rule: fall back to k backwards
+        per_class = [torch.autograd.grad(scores[i], inputs, retain_graph=True) for i in range(k)]
+        grads = tuple(torch.cat(parts) for parts in zip(*per_class))
+    return tuple(g.reshape(k, *x.shape[1:]) for g, x in zip(grads, inputs))
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

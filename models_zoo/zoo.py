@@ -67,10 +67,13 @@ class Preprocessing:
         image = TF.resize(image.convert("RGB"), self.resize, interpolation=self.interpolation)
         return TF.center_crop(image, self.crop)
 
+    def normalise(self, cropped: Image.Image) -> torch.Tensor:
+        """An image already shaped by `crop_image` (or edited after it) -> tensor (1, 3, crop, crop)."""
+        return TF.normalize(TF.to_tensor(cropped.convert("RGB")), self.mean, self.std)[None]
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> normalised tensor (1, 3, crop, crop)."""
-        tensor = TF.to_tensor(self.crop_image(image))
-        return TF.normalize(tensor, self.mean, self.std)[None]
+        return self.normalise(self.crop_image(image))
 
     @classmethod
     def from_torchvision(cls, transforms: Callable) -> Preprocessing:

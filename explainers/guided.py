@@ -1,0 +1,252 @@
+"""The guided family: guided backprop, deconvnet and guided Grad-CAM(++), from one rectified pass.
+
+Guided backprop and deconvnet are the gradient of the class score y^c with respect to the input,
+with a different backward rule at every ReLU (R is the gradient arriving from above, x the
+ReLU's forward input):
+
+    plain gradient    R * [x > 0]
+    deconvnet         max(R, 0)                (Zeiler & Fergus, arXiv 1311.2901)
+    guided backprop   max(R, 0) * [x > 0]      (Springenberg et al., arXiv 1412.6806)
+
+It is one mechanism with a flag, as in Captum and zennit. Here it is a custom autograd
+Function put in place of every ReLU call by a `TorchFunctionMode`, active only around this
+request's forward pass: the mode stack is thread-local, so concurrent requests on the shared
+model see plain ReLUs, no module is swapped and no hook is registered. Because the mode sees
+calls rather than modules, `nn.ReLU` (in-place, or one instance called several times),
+`nn.ReLU6`, `F.relu`, `torch.relu_` and `Tensor.relu` in a model's `forward` are all covered.
+The rule is read when the backward pass runs, so one recorded forward serves both rules.
+
+ReLU6 is ReLU followed by a clip at 6; the clip is not a ReLU and keeps its plain gradient
+[x < 6] under both rules. Models with other activations (SiLU, GELU, Hardswish...) are refused:
+the rules are not defined for them, and the map would silently mix rules. Gates such as the
+sigmoid of squeeze-and-excitation blocks keep their plain gradient, as in Captum. Not seen:
+TorchScript models (refused), and ReLUs written as `clamp(min=0)` or `maximum` (plain gradient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from explainers.core import Evidence, Method, batched_grad, register
+from explainers.errors import MethodError
+
+
+@dataclass
+class _Rule:
+    """The backward rule of one guided pass's ReLUs, read when the backward runs."""
+
+    mask_by_input: bool = True  # guided backprop; False: deconvnet
+
+
+class _RectifiedReLU(torch.autograd.Function):
+    """min(max(x, 0), upper) whose backward is the guided or deconvnet rule of `_Rule`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, upper: float | None, inplace: bool, rule: _Rule) -> torch.Tensor:
+        # Masks, not x, are kept: x or the output may legally be modified in place later.
+        ctx.rule = rule
+        ctx.positive = x > 0
+        ctx.below_upper = None if upper is None else x < upper
+        if inplace:
+            ctx.mark_dirty(x)
+            return x.clamp_(0, upper)
+        return x.clamp(0, upper)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad = grad.clamp(min=0)
+        if ctx.rule.mask_by_input:
+            grad = grad * ctx.positive
+        if ctx.below_upper is not None:
+            grad = grad * ctx.below_upper
+        return grad, None, None, None
+
+
+# Each ReLU-like torch function -> a parser of its arguments into (input, upper clip, in place),
+# or None where the call is not a ReLU (a hardtanh with a lower bound other than 0).
+_ReluCall = tuple[torch.Tensor, float | None, bool]
+
+
+def _relu(input: torch.Tensor, inplace: bool = False) -> _ReluCall:
+    return input, None, inplace
+
+
+def _relu_(input: torch.Tensor) -> _ReluCall:
+    return input, None, True
+
+
+def _relu6(input: torch.Tensor, inplace: bool = False) -> _ReluCall:
+    return input, 6.0, inplace
+
+
+def _hardtanh(
+    input: torch.Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False
+) -> _ReluCall | None:
+    # nn.ReLU6 is Hardtanh(0, 6) and calls F.hardtanh.
+    return (input, float(max_val), inplace) if min_val == 0 else None
+
+
+def _hardtanh_(input: torch.Tensor, min_val: float = -1.0, max_val: float = 1.0) -> _ReluCall | None:
+    return _hardtanh(input, min_val, max_val, inplace=True)
+
+
+_RELU_CALLS: dict[Callable, Callable[..., _ReluCall | None]] = {
+    F.relu: _relu,
+    torch.relu: _relu,
+    torch.Tensor.relu: _relu,
+    torch.relu_: _relu_,  # also F.relu_
+    torch.Tensor.relu_: _relu_,
+    F.relu6: _relu6,
+    F.hardtanh: _hardtanh,
+    F.hardtanh_: _hardtanh_,
+}
+
+# Activations without a guided rule; seeing one makes the pass refuse the model.
+_UNSUPPORTED = {
+    F.silu, F.gelu, F.hardswish, F.mish, F.elu, F.elu_, F.selu, F.selu_, F.celu, F.celu_,
+    F.leaky_relu, F.leaky_relu_, F.prelu, F.rrelu, F.rrelu_, F.softplus, F.threshold, F.threshold_,
+}  # fmt: skip
+
+
+class _RectifyReLUs(TorchFunctionMode):
+    """Inside the block, this thread's ReLU calls become `_RectifiedReLU` with one shared rule."""
+
+    def __init__(self, rule: _Rule) -> None:
+        super().__init__()
+        self.rule = rule
+        self.rectified = 0  # ReLU calls replaced
+        self.unsupported: set[str] = set()  # names of activations met that have no rule
+
+    def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        parse = _RELU_CALLS.get(func)
+        if parse is not None:
+            call = parse(*args, **kwargs)
+            if call is not None:
+                self.rectified += 1
+                return _RectifiedReLU.apply(*call, self.rule)
+        if parse is not None or func in _UNSUPPORTED:
+            self.unsupported.add(func.__name__)
+        return func(*args, **kwargs)
+
+
+def _rectified_forward(evidence: Evidence) -> tuple[torch.Tensor, torch.Tensor, _Rule]:
+    """The guided forward pass: (target scores (k,), input leaf (1, 3, H, W), the pass's rule)."""
+    model = evidence.model
+    if any(isinstance(module, torch.jit.ScriptModule) for module in model.modules()):
+        raise MethodError(
+            "Guided backprop and deconvnet cannot see the ReLUs inside a TorchScript model; "
+            "use the model's Python version, or a CAM method."
+        )
+    x = evidence.x.detach().requires_grad_(True)  # gradients go to the input only, not to parameters
+    rule = _Rule()
+    mode = _RectifyReLUs(rule)
+    with torch.enable_grad(), mode:
+        logits = model(x)
+    if mode.unsupported:
+        raise MethodError(
+            "Guided backprop and deconvnet are defined for ReLU networks, but this model also uses "
+            f"{', '.join(sorted(mode.unsupported))}, for which they have no rule: the map would be "
+            "wrong. Use a CAM method, or a ReLU model (ResNet, VGG, EfficientNet-Lite)."
+        )
+    if not mode.rectified:
+        raise MethodError(
+            "No ReLU ran in the model's forward pass, so guided backprop and deconvnet would show "
+            "the plain gradient. Use a CAM method, or a ReLU model (ResNet, VGG, EfficientNet-Lite)."
+        )
+    return logits[0, evidence.targets], x, rule
+
+
+def rectified_input_gradients(evidence: Evidence, mask_by_input: bool) -> torch.Tensor:
+    """d y^c / d x under the guided (mask_by_input) or deconvnet ReLU rule, (k, H, W, 3).
+
+    One forward pass per request serves both rules; one backward per rule, batched over the
+    k target classes.
+    """
+
+    def backward() -> torch.Tensor:
+        scores, x, rule = evidence.memo("guided:forward", lambda: _rectified_forward(evidence))
+        rule.mask_by_input = mask_by_input
+        (grads,) = batched_grad(scores, [x], retain_graph=True)  # (k, 3, H, W)
+        return grads.permute(0, 2, 3, 1).contiguous()
+
+    return evidence.memo(f"guided:mask_by_input={mask_by_input}", backward)
+
+
+class RectifiedGradient(Method):
+    """Base of the guided family: the rectified input gradient, optionally times a CAM.
+
+    Maps are raw input-space gradients, (k, H, W, 3) float32, the same as raw; show them with
+    `guided_to_image`. They explain the class score itself also when counterfactual is set;
+    the guided CAMs take the (counterfactual) CAM map.
+    """
+
+    kind = "guided"
+    mask_by_input: ClassVar[bool] = True
+    cam: ClassVar[str | None] = None  # a CAM method whose upsampled map multiplies the gradient
+
+    def compute(self, evidence: Evidence, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        grads = rectified_input_gradients(evidence, self.mask_by_input)  # (k, H, W, 3)
+        if self.cam is not None:
+            cam_map = evidence.result(self.cam, layer)[1]  # (k, H, W) in [0, 1]
+            grads = grads * cam_map[..., None]
+        return grads, grads
+
+
+@register
+class GuidedBackprop(RectifiedGradient):
+    """Guided backprop, Springenberg et al. 2015 (arXiv 1412.6806): ReLU backward max(R, 0) [x > 0]."""
+
+    name = "guided_backprop"
+    title = "Guided backprop"
+
+
+@register
+class Deconvnet(RectifiedGradient):
+    """Deconvnet, Zeiler & Fergus 2014 (arXiv 1311.2901): ReLU backward max(R, 0)."""
+
+    name = "deconvnet"
+    title = "Deconvnet"
+    mask_by_input = False
+
+
+@register
+class GuidedGradCAM(RectifiedGradient):
+    """Guided Grad-CAM, Selvaraju et al. (arXiv 1610.02391): guided backprop ⊙ upsampled Grad-CAM."""
+
+    name = "guided_gradcam"
+    title = "Guided Grad-CAM"
+    cam = "gradcam"
+
+
+@register
+class GuidedGradCAMPlusPlus(RectifiedGradient):
+    """Guided Grad-CAM++, Chattopadhyay et al. (arXiv 1710.11063): guided backprop ⊙ Grad-CAM++."""
+
+    name = "guided_gradcam++"
+    title = "Guided Grad-CAM++"
+    cam = "gradcam++"
+
+
+def guided_to_image(guided_map: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The papers' display of a raw guided map as an RGB image.
+
+    m -> clip(0.1 (m - mean(m)) / (std(m) + 1e-5) + 0.5, 0, 1), scaled to 0..255 and truncated,
+    as in the Grad-CAM authors' code (and the `grad-cam` package's `deprocess_image`).
+
+    Args:
+        guided_map: a raw map from `Explanation.maps`, (H, W, 3).
+
+    Returns:
+        The image, (H, W, 3) uint8.
+    """
+    m = torch.as_tensor(guided_map).detach().float()
+    m = (m - m.mean()) / (m.std(correction=0) + 1e-5) * 0.1 + 0.5
+    return (m.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()

@@ -1,0 +1,148 @@
+"""Lessons: what the CAM literature teaches, each claim checked live on the model and image.
+
+UI only: `explainers.lessons` computes every number when a lesson runs; this page draws them.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from app_cache import get_image, get_model
+from explainers import ExplainerInputError
+from explainers.images import content_hash
+from explainers.lessons import LESSONS, Lesson
+from models_zoo import DEFAULT_MODEL, list_zoo
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
+PANELS_PER_ROW = 4
+
+# Readable when projected: larger captions, metric values and verdicts.
+PROJECTOR_CSS = """
+<style>
+[data-testid="stImageCaption"], [data-testid="stCaptionContainer"] { font-size: 1.05rem; }
+[data-testid="stMetricValue"] { font-size: 2.1rem; }
+.lesson-claim { font-size: 1.45rem; line-height: 1.4; margin: 0.2rem 0 0.6rem 0; }
+</style>
+"""
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def run_lesson(key: str, model: str, random_weights: bool, digest: str | None, _image) -> Lesson:
+    return LESSONS[key](get_model(model, random_weights), _image)
+
+
+def titles() -> dict[str, str]:
+    """Lesson key -> numbered title, in teaching order."""
+    names = {
+        "discrimination": "Where the class lives",
+        "instances": "Several instances",
+        "depth": "Depth: coarse versus fine",
+        "counterfactual": "Counterfactual",
+        "sanity": "Sanity check",
+        "watermark": "A real shortcut: the watermark",
+    }
+    keys = [key for key in names if key in LESSONS] + [key for key in LESSONS if key not in names]
+    return {key: f"{i}. {names.get(key, key)}" for i, key in enumerate(keys, 1)}
+
+
+def sidebar() -> tuple[str, str, bool, bytes | None, str | None]:
+    """The lesson, model and optional own image chosen in the sidebar."""
+    with st.sidebar:
+        st.header("Lesson")
+        options = titles()
+        key = st.radio("Lesson", list(options), format_func=options.get, label_visibility="collapsed")
+        st.header("Model")
+        names = list_zoo()
+        model = st.selectbox("Classifier", names, index=names.index(DEFAULT_MODEL), key="lesson_model")
+        random_weights = st.toggle(
+            "Random weights", key="lesson_random", help="Run every lesson on an untrained network."
+        )
+        st.header("Your own image")
+        upload = st.file_uploader(
+            "Optional: run the lesson on your image (the watermark lesson adds the watermark to it)",
+            type=UPLOAD_TYPES,
+            key="lesson_upload",
+        )
+    if upload is None:
+        return key, model, random_weights, None, None
+    return key, model, random_weights, upload.getvalue(), upload.name
+
+
+def render_lesson(lesson: Lesson) -> None:
+    st.subheader(lesson.title)
+    st.markdown(f'<p class="lesson-claim">{lesson.claim}</p>', unsafe_allow_html=True)
+    st.caption(f"Source: {lesson.source}")
+    for start in range(0, len(lesson.panels), PANELS_PER_ROW):
+        columns = st.columns(PANELS_PER_ROW)
+        for column, panel in zip(columns, lesson.panels[start : start + PANELS_PER_ROW], strict=False):
+            column.image(panel.image, caption=panel.caption, width="stretch")
+    st.markdown("**Measured now**")
+    items = list(lesson.measurements.items())
+    columns = st.columns(min(4, len(items)))
+    for i, (name, value) in enumerate(items):
+        columns[i % len(columns)].metric(name, format_value(value))
+    if lesson.series:
+        st.plotly_chart(series_figure(lesson), width="stretch")
+    if lesson.holds:
+        st.success(f"Holds here. {lesson.verdict}")
+    else:
+        st.warning(f"Does not hold here. {lesson.verdict}")
+
+
+def format_value(value: float) -> str:
+    if abs(value) >= 100 or value == 0:
+        return f"{value:.1f}"
+    if abs(value) < 0.01:
+        return f"{value:.5f}"
+    return f"{value:.3f}"
+
+
+def series_figure(lesson: Lesson) -> go.Figure:
+    figure = go.Figure()
+    for name, values in lesson.series.items():
+        figure.add_trace(go.Scatter(x=lesson.series_x, y=values, mode="lines+markers", name=name))
+    figure.update_layout(
+        yaxis_title="rank correlation with the original map",
+        xaxis_title="re-initialised, from the top",
+        height=360,
+        margin=dict(l=10, r=10, t=30, b=10),
+        font=dict(size=15),
+    )
+    return figure
+
+
+def main() -> None:
+    st.set_page_config(page_title="CAM Explorer · Lessons", page_icon="🎓", layout="wide")
+    st.markdown(PROJECTOR_CSS, unsafe_allow_html=True)
+    st.title("Lessons")
+    st.caption(
+        "Each lesson states a claim from the literature and tests it now, on this model and image. "
+        "If the claim does not hold here, the lesson says so and by how much."
+    )
+    key, model, random_weights, data, name = sidebar()
+    zoo = None
+    try:
+        zoo = get_model(model, random_weights)
+    except ExplainerInputError as error:
+        st.error(str(error))
+    if zoo is None:
+        return
+    image, digest = None, None
+    if data is not None:
+        digest = content_hash(data)
+        try:
+            image = get_image(digest, data)
+        except ExplainerInputError as error:
+            st.error(f"Cannot use {name}: {error}")
+            return
+    with st.spinner(f"Running the lesson on {model}…"):
+        try:
+            lesson = run_lesson(key, model, random_weights, digest, image)
+        except ExplainerInputError as error:
+            st.error(f"This lesson cannot run on {model}: {error}")
+            return
+    render_lesson(lesson)
+
+
+main()

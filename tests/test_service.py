@@ -1,0 +1,170 @@
+"""The app's service layer: explanations as plain numpy, rendering, files, figures, threads."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from explainers import METHODS, ExplainerInputError, MethodError
+from explainers.figures import heatmap_figure, predictions_figure
+from explainers.service import (
+    MAX_WORKING_SIDE,
+    ExplanationResult,
+    default_methods,
+    device_name,
+    inspect_values,
+    method_options,
+    predict,
+    prepare_image,
+    render_panel,
+    run_explanation,
+    to_npy,
+    to_npz,
+    to_png,
+)
+
+CAMS = ["gradcam", "gradcam++", "layercam"]
+
+
+@pytest.fixture(scope="module")
+def result(lite0, chelsea) -> ExplanationResult:
+    return run_explanation(lite0, chelsea, lite0.default_layer, CAMS + ["cam"])
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_result_is_plain_numpy_at_input_size(result, lite0):
+    assert result.image.dtype == np.uint8 and result.image.shape == (*lite0.input_size, 3)
+    assert set(result.maps) == set(CAMS) == set(result.raw)
+    for name in CAMS:
+        values = result.maps[name]
+        assert isinstance(values, np.ndarray) and values.shape == lite0.input_size
+        assert 0.0 <= values.min() and values.max() <= 1.0
+    assert result.device == "CPU" and result.seconds > 0
+
+
+def test_a_method_that_does_not_apply_is_reported_not_fatal(result):
+    # CAM needs GAP + one linear layer right after the layer; EfficientNet-Lite0's _bn1 is
+    # followed by ReLU6 first, so CAM is refused while the gradient CAMs still come back.
+    assert "cam" in result.errors and "Grad-CAM" in result.errors["cam"]
+
+
+def test_target_defaults_to_the_prediction_and_top5_is_sorted(result, lite0, chelsea):
+    assert result.target == result.top[0].index
+    assert result.target_label == lite0.labels[result.target]
+    probabilities = [p.probability for p in result.top]
+    assert len(result.top) == 5 and probabilities == sorted(probabilities, reverse=True)
+    assert predict(lite0, chelsea) == result.top
+    assert result.caption("gradcam") == f"Grad-CAM · {result.target_label} · {probabilities[0]:.1%}"
+
+
+def test_explicit_target_and_counterfactual(lite0, chelsea):
+    other = run_explanation(lite0, chelsea, lite0.default_layer, ["gradcam"], target=1, counterfactual=True)
+    assert other.target == 1 and other.target_label == lite0.labels[1]
+    assert other.caption("gradcam").endswith("· counterfactual")
+
+
+def test_bad_requests_raise_user_errors(lite0, chelsea):
+    with pytest.raises(MethodError):
+        run_explanation(lite0, chelsea, lite0.default_layer, [])
+    with pytest.raises(MethodError):
+        run_explanation(lite0, chelsea, lite0.default_layer, ["no-such-method"])
+    with pytest.raises(ExplainerInputError):
+        run_explanation(lite0, chelsea, lite0.default_layer, ["gradcam"], target=5000)
+
+
+def test_result_survives_pickling(result):
+    # st.cache_data pickles what it stores.
+    copy = pickle.loads(pickle.dumps(result))
+    assert copy.caption("gradcam") == result.caption("gradcam")
+    np.testing.assert_array_equal(copy.maps["gradcam"], result.maps["gradcam"])
+
+
+def test_render_panel_blends_with_the_display_settings(result):
+    plain = render_panel(result, "gradcam", "jet", 0.0)
+    np.testing.assert_array_equal(plain, result.image)
+    assert render_panel(result, "gradcam", "viridis", 1.0).shape == result.image.shape
+    assert not np.array_equal(render_panel(result, "gradcam", "jet", 0.5), plain)
+
+
+def test_guided_maps_render_as_pictures():
+    gradient = np.random.default_rng(0).normal(size=(8, 8, 3)).astype(np.float32)
+    fake = ExplanationResult("m", "l", 0, "c", 0.5, False, np.zeros((8, 8, 3), np.uint8), [], {}, {})
+    guided = [name for name in METHODS if METHODS[name].kind == "guided"]
+    for name in guided:
+        fake.maps[name] = gradient
+        picture = render_panel(fake, name)
+        assert picture.dtype == np.uint8 and picture.shape == (8, 8, 3)
+        values = inspect_values(fake, name)
+        assert values.shape == (8, 8) and values.max() == pytest.approx(1.0)
+
+
+def test_default_methods_give_cams_and_guided_maps(lite0, chelsea):
+    both = run_explanation(lite0, chelsea, lite0.default_layer, default_methods())
+    assert both.methods("cam") and both.methods("guided") and not both.errors
+    for name in both.methods("guided"):
+        assert both.maps[name].shape == (*lite0.input_size, 3)
+        assert render_panel(both, name).shape == (*lite0.input_size, 3)
+
+
+def test_files_round_trip(result):
+    picture = render_panel(result, "gradcam")
+    decoded = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(to_png(picture), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+    )
+    np.testing.assert_array_equal(decoded, picture)
+    np.testing.assert_array_equal(np.load(io.BytesIO(to_npy(result.maps["gradcam"]))), result.maps["gradcam"])
+    archive = np.load(io.BytesIO(to_npz(result)))
+    assert {"image", "gradcam", "gradcam_raw", "gradcam++"} <= set(archive.files)
+
+
+def test_prepare_image_bounds_the_working_size():
+    big = Image.new("RGB", (3000, 1500), (10, 200, 30))
+    image = prepare_image(png_bytes(big))
+    assert image.mode == "RGB" and max(image.size) == MAX_WORKING_SIDE and image.size[0] == 2 * image.size[1]
+
+
+def test_method_options_put_cams_first():
+    options = method_options()
+    assert set(options) == set(METHODS)
+    kinds = [METHODS[name].kind for name in options]
+    assert kinds == sorted(kinds, key=lambda kind: kind != "cam")
+    assert set(default_methods()) <= set(METHODS) and "gradcam" in default_methods()
+
+
+def test_device_name():
+    assert device_name("cpu") == "CPU"
+
+
+def test_concurrent_explanations_match_sequential_ones(lite0, chelsea):
+    # Sessions share one model; their passes must not see each other's hooks or captures.
+    jobs = [(lite0.default_layer, None), (lite0.default_layer, 285), ("_blocks.10", 281)]
+
+    def run(job: tuple[str, int | None]) -> ExplanationResult:
+        return run_explanation(lite0, chelsea, job[0], ["gradcam"], job[1])
+
+    expected = {job: run(job) for job in jobs}
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, jobs * 2))
+    for job, got in zip(jobs * 2, results, strict=True):
+        np.testing.assert_allclose(got.maps["gradcam"], expected[job].maps["gradcam"], atol=1e-5)
+
+
+def test_figures(result):
+    chart = predictions_figure(result.top, highlight=result.top[1].index)
+    bar = chart.data[0]
+    assert list(bar.y)[-1].strip() == result.top[0].label  # most probable drawn on top
+    assert len(set(bar.marker.color)) == 2
+    heat = heatmap_figure(result.maps["gradcam"], "viridis", "title")
+    assert heat.data[0].z.shape == result.maps["gradcam"].shape
+    assert "%{z" in heat.data[0].hovertemplate
