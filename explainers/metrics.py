@@ -50,22 +50,23 @@ class Faithfulness:
         masked: O, its score on image ⊙ map.
         drop: max(0, Y - O) / Y · 100, this image's term of Average Drop %.
         increase: O > Y, this image's term of Increase in Confidence.
-        curves: the deletion and insertion curves and their AUCs.
+        curves: the deletion and insertion curves and their AUCs; None when not computed
+            (then both AUCs read NaN).
     """
 
     original: float
     masked: float
     drop: float
     increase: bool
-    curves: Curves
+    curves: Curves | None
 
     @property
     def deletion_auc(self) -> float:
-        return self.curves["deletion_auc"]
+        return self.curves["deletion_auc"] if self.curves is not None else math.nan
 
     @property
     def insertion_auc(self) -> float:
-        return self.curves["insertion_auc"]
+        return self.curves["insertion_auc"] if self.curves is not None else math.nan
 
 
 def saliency(heatmap: torch.Tensor) -> torch.Tensor:
@@ -113,6 +114,39 @@ def energy_in_box(heatmap: torch.Tensor, box: Box) -> float:
     if total <= 0:
         return 0.0
     return float(values[y0:y1, x0:x1].sum() / total)
+
+
+def box_shares(maps: Mapping[str, torch.Tensor], box: Box) -> dict[str, float]:
+    """`energy_in_box` for every map of an explanation: method -> share inside the box."""
+    return {name: energy_in_box(heatmap, box) for name, heatmap in maps.items()}
+
+
+def scale_box(box: Sequence[float], from_size: tuple[int, int], to_size: tuple[int, int]) -> Box:
+    """Map a box drawn on an image of size (W, H) ``from_size`` to one of size ``to_size``.
+
+    The app draws the crop larger than the model input; this maps the user's box back to the
+    map's pixels (rounding outwards).
+    """
+    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    x0, y0, x1, y1 = box
+    return (math.floor(x0 * sx), math.floor(y0 * sy), math.ceil(x1 * sx), math.ceil(y1 * sy))
+
+
+def parse_box(text: str) -> Box:
+    """Read "x0,y0,x1,y1" (integers, x1 > x0, y1 > y0), as typed on the command line.
+
+    Raises:
+        ExplainerInputError: not four integers, or an empty box.
+    """
+    try:
+        x0, y0, x1, y1 = (int(part) for part in text.replace(" ", "").split(","))
+    except ValueError as error:
+        raise ExplainerInputError(f"A box is four integers x0,y0,x1,y1; got {text!r}.") from error
+    if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
+        raise ExplainerInputError(
+            f"The box {text!r} is empty or negative: need 0 <= x0 < x1 and 0 <= y0 < y1."
+        )
+    return (x0, y0, x1, y1)
 
 
 def rank(values: torch.Tensor) -> torch.Tensor:
@@ -301,7 +335,8 @@ def faithfulness(
         x: the preprocessed image, (1, 3, H, W).
         maps: method -> map, as in `Explanation.maps` (CAM (H, W) or guided (H, W, 3)).
         target: the explained class (`Explanation.target`).
-        steps, blur, seed: see `deletion_insertion`.
+        steps, blur, seed: see `deletion_insertion`; steps=0 skips the curves (Average Drop and
+            Increase in Confidence only: one forward pass for all maps).
 
     Returns:
         method -> `Faithfulness`.
@@ -311,7 +346,11 @@ def faithfulness(
     original, masked = confidence(model, x, stacked, target)
     scores = {}
     for name, heatmap, o in zip(names, stacked, masked.tolist(), strict=True):
-        curves = deletion_insertion(model, x, heatmap, target, steps=steps, blur=blur, seed=seed)
+        curves = (
+            deletion_insertion(model, x, heatmap, target, steps=steps, blur=blur, seed=seed)
+            if steps
+            else None
+        )
         scores[name] = Faithfulness(
             original=original,
             masked=o,

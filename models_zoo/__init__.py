@@ -1,5 +1,8 @@
 """Model knowledge for CAM Explorer: which classifiers exist, how to load and preprocess them."""
 
+from models_zoo import bias_demo  # noqa: F401  (registers bias_demo_biased / bias_demo_unbiased)
+from models_zoo.bias_demo import cue_box, demo_image, load_bias_demo
+from models_zoo.custom import CustomModelError, load_custom_model
 from models_zoo.zoo import (
     DEFAULT_MODEL,
     REGISTRY,
@@ -18,6 +21,7 @@ from models_zoo.zoo import (
 
 __all__ = [
     "DEFAULT_MODEL",
+    "CustomModelError",
     "REGISTRY",
     "LayerInfo",
     "ModelError",
@@ -25,7 +29,12 @@ __all__ = [
     "Preprocessing",
     "WeightsUnavailableError",
     "ZooModel",
+    "bias_demo",
+    "cue_box",
+    "demo_image",
     "list_zoo",
+    "load_bias_demo",
+    "load_custom_model",
     "load_model",
     "probe_layers",
     "register_model",

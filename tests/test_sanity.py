@@ -6,66 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from explainers import METHODS
-from explainers.core import Method, register
 from explainers.errors import LayerError
 from explainers.sanity import randomisation_steps, reinitialise, sanity_check
 from tests.conftest import assert_untouched, module_state
-
-
-class _GuidedReLU(torch.autograd.Function):
-    """ReLU (or ReLU6) whose backward passes only positive gradients at positive inputs."""
-
-    @staticmethod
-    def forward(ctx, x, upper):
-        ctx.save_for_backward(x)
-        ctx.upper = upper
-        return x.clamp(0, upper)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        keep = (x > 0) & (grad > 0)
-        if ctx.upper is not None:
-            keep &= x < ctx.upper
-        return grad * keep, None
-
-
-class GuidedBackpropStandIn(Method):
-    """Guided backprop by forward hooks, only until explainers.guided is merged on this branch."""
-
-    name = "guided_backprop"
-    kind = "guided"
-
-    def compute(self, evidence, layer):
-        def hook(module, inputs, output):
-            return _GuidedReLU.apply(inputs[0], 6.0 if isinstance(module, nn.ReLU6) else None)
-
-        relus = [m for m in evidence.model.modules() if isinstance(m, nn.ReLU | nn.ReLU6)]
-        handles = [m.register_forward_hook(hook) for m in relus]
-        try:
-            x = evidence.x.detach().clone().requires_grad_(True)
-            with torch.enable_grad():
-                score = evidence.model(x)[0, evidence.targets[0]]
-            (grad,) = torch.autograd.grad(score, x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        grad = grad.permute(0, 2, 3, 1)
-        return grad, grad
-
-
-@pytest.fixture
-def guided_backprop():
-    """The registered guided backprop, or the stand-in above while it is not registered."""
-    if "guided_backprop" in METHODS:
-        yield "guided_backprop"
-        return
-    register(GuidedBackpropStandIn)
-    try:
-        yield "guided_backprop"
-    finally:
-        del METHODS["guided_backprop"]
 
 
 class TwoConvs(nn.Module):
@@ -122,11 +65,11 @@ def test_unknown_step_names_close_matches(gap_linear):
         sanity_check(gap_linear, torch.randn(1, 3, 8, 8), "conv", ["gradcam"], steps=[["fcc"]])
 
 
-def test_gradcam_changes_and_guided_backprop_barely_does(lite0, chelsea, guided_backprop):
+def test_gradcam_changes_and_guided_backprop_barely_does(lite0, chelsea):
     """The lesson of Adebayo et al.: randomising the top layers destroys Grad-CAM, not guided backprop."""
     x = lite0.preprocess(chelsea)
-    result = sanity_check(lite0.model, x, "_bn1", ["gradcam", guided_backprop], max_steps=3)
-    gradcam, guided = result.correlations["gradcam"], result.correlations[guided_backprop]
+    result = sanity_check(lite0.model, x, "_bn1", ["gradcam", "guided_backprop"], max_steps=3)
+    gradcam, guided = result.correlations["gradcam"], result.correlations["guided_backprop"]
     assert result.step_names == ["_fc", "_bn1", "_conv_head"]
     assert min(guided) > 0.9
     assert max(gradcam[1:]) < 0.4
