@@ -329,3 +329,72 @@ def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         series={m: [1.0, *result.correlations[m]] for m in methods},
         series_x=["trained", *result.step_names],
     )
+
+
+@lesson("depth")
+def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
+    """Deep layers: coarse, class-level maps; shallow layers: fine detail (LayerCAM keeps them usable)."""
+    from explainers.multi import fuse_layers, stage_ends, sweep
+
+    image = image or sample("chelsea.jpg")
+    x = zoo.preprocess(image)
+    crop = np.asarray(zoo.preprocess.crop_image(image))
+    layers = stage_ends(zoo.model, zoo.input_size)
+    results = sweep(zoo.model, x, layers, ["gradcam", "layercam"])  # one forward, one backward
+    ordered = list(results)
+    deep, shallow = ordered[-1], ordered[0]
+    # Coarseness: the share of the image where the map is above half its peak.
+    area = {layer: float((results[layer].maps["layercam"] > 0.5).float().mean()) for layer in ordered}
+    # Where the class is, by the deep map; how much of each shallow map lands there.
+    focus = (results[deep].maps["gradcam"] > 0.5).cpu()
+    from explainers.metrics import saliency
+
+    def on_focus(method: str) -> float:
+        values = saliency(results[shallow].maps[method]).cpu()
+        total = float(values.sum())
+        return float(values[focus].sum()) / total if total > 0 else 0.0
+
+    on_target = {m: on_focus(m) for m in ["gradcam", "layercam"]}
+    fused = fuse_layers(results, "layercam")
+    holds = area[deep] > 2 * area[shallow]
+    margin = on_target["layercam"] - on_target["gradcam"]
+    shapes = {layer: tuple(results[layer].raw["layercam"].shape) for layer in ordered}
+    verdict = (
+        f"LayerCAM covers {area[deep]:.0%} of the image above half its peak at {deep} "
+        f"({shapes[deep][0]}×{shapes[deep][1]}) against {area[shallow]:.1%} at {shallow} "
+        f"({shapes[shallow][0]}×{shapes[shallow][1]}). At {shallow}, {on_target['layercam']:.0%} of LayerCAM's "
+        f"energy falls on the region the deep map marks, against {on_target['gradcam']:.0%} of Grad-CAM's"
+        + (" (LayerCAM stays on the object better)." if margin > 0.05
+           else " (little difference here)." if margin > -0.05 else " (Grad-CAM does better here).")
+        + (" Coarse deep maps and fine shallow ones, as claimed." if holds
+           else " The deep map is not clearly coarser than the shallow one for this model and image.")
+    )
+    name = label(zoo, results[deep].target)
+    panels = [Panel("input", crop)]
+    panels += [
+        Panel(f"LayerCAM at {layer} ({shapes[layer][0]}×{shapes[layer][1]})",
+              overlay(crop, to_numpy(results[layer].maps["layercam"])))
+        for layer in ordered
+    ]
+    panels += [
+        Panel(f"Grad-CAM at {shallow}", overlay(crop, to_numpy(results[shallow].maps["gradcam"]))),
+        Panel(f"LayerCAM fused over all stages: {name}", overlay(crop, to_numpy(fused))),
+    ]
+    return Lesson(
+        key="depth",
+        title="Depth: coarse versus fine",
+        claim="Deep layers give coarse, class-level maps; shallow layers give fine detail, which "
+        "LayerCAM's element-wise weights are meant to keep on the object.",
+        source="Selvaraju et al. 2017 (section 7.1); Jiang et al., LayerCAM (IEEE TIP 2021)",
+        panels=panels,
+        measurements={
+            f"area above half peak, {deep}": area[deep],
+            f"area above half peak, {shallow}": area[shallow],
+            f"LayerCAM energy on the object, {shallow}": on_target["layercam"],
+            f"Grad-CAM energy on the object, {shallow}": on_target["gradcam"],
+        },
+        holds=holds,
+        verdict=verdict,
+        series={"LayerCAM area above half peak": [area[layer] for layer in ordered]},
+        series_x=ordered,
+    )

@@ -174,7 +174,10 @@ def stage_ends(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> li
     handles = []
     try:
         for name, module in model.named_modules():
-            if name and not isinstance(module, skip):
+            # Pass-through modules (packages define their own Identity) return their input
+            # object and would be taken for the module that produced it.
+            passes_through = isinstance(module, nn.Identity) or type(module).__name__ == "Identity"
+            if name and not isinstance(module, skip) and not passes_through:
                 handles.append(module.register_forward_hook(make_hook(name)))
         with torch.inference_mode():
             model(torch.zeros(1, 3, *input_size, device=model_device(model)))

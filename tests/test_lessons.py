@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from explainers.images import load_image
 from explainers.lessons import LESSONS, counterfactual_lesson, watermark_lesson
 from explainers.samples import list_samples
-from explainers.images import load_image
 
 
 def test_every_lesson_renders_on_the_default_model(lite0):
@@ -60,3 +60,11 @@ def test_instances_lesson_reports_what_it_measures(lite0):
     shares = [v for k, v in result.measurements.items() if "share" in k]
     assert all(0 <= s <= 1 for s in shares)
     assert f"{result.measurements['Grad-CAM share, left']:.0%}" in result.verdict
+
+
+def test_depth_lesson_finds_coarse_deep_and_fine_shallow_maps(lite0):
+    result = LESSONS["depth"](lite0, None)
+    assert result.holds, result.verdict
+    assert result.series_x[-1] == lite0.default_layer  # shallow to deep
+    areas = result.series["LayerCAM area above half peak"]
+    assert areas[-1] > 2 * areas[0]
