@@ -1,6 +1,7 @@
 """Command line: explain one image and write overlays, raw maps and predictions.
 
-    python -m explainers IMAGE [--model NAME] [--layer NAME] [--target N]
+    python -m explainers IMAGE [--model NAME | --arch ARCH --weights FILE --labels FILE]
+                               [--layer NAME] [--target N]
                                [--methods gradcam,gradcam++] [--counterfactual] [--out DIR]
 
 Bad input exits with status 2 and one line on stderr.
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from explainers import METHODS, explain
+from explainers.cli import OneLineParser, add_model_arguments, load_zoo
 from explainers.errors import ExplainerInputError
 from explainers.images import load_image
 from explainers.render import overlay, to_numpy, top_k
@@ -24,22 +26,13 @@ from explainers.render import overlay, to_numpy, top_k
 DEFAULT_METHODS = "gradcam,gradcam++"
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr and exit status 2."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from models_zoo import DEFAULT_MODEL
-
     parser = OneLineParser(
         prog="python -m explainers",
         description="Explain a classifier's decision on IMAGE with Grad-CAM and its relatives.",
     )
     parser.add_argument("image", type=Path, help="the image file to explain")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"a model name (default: {DEFAULT_MODEL})")
+    add_model_arguments(parser)
     parser.add_argument("--layer", help="target layer (default: the model's recommended layer)")
     parser.add_argument("--target", type=int, help="class index to explain (default: the top-1 class)")
     parser.add_argument(
@@ -63,13 +56,11 @@ def map_to_image(kind: str, heatmap: np.ndarray, crop: np.ndarray) -> np.ndarray
 
 def run(args: argparse.Namespace) -> dict:
     """Explain one image and write the outputs; returns what predictions.json holds."""
-    from models_zoo import load_model
-
     if not args.image.is_file():
         raise ExplainerInputError(f"No such image file: {args.image}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     image = load_image(args.image)
-    zoo = load_model(args.model)
+    zoo = load_zoo(args)
     layer = args.layer or zoo.default_layer
     result = explain(zoo.model, zoo.preprocess(image), layer, methods, target=args.target, counterfactual=args.counterfactual)
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 from explainers import METHODS, explain
 from explainers.capture import resolve_layer
+from explainers.cli import OneLineParser, add_model_arguments, load_zoo
 from explainers.compare import find_class
 from explainers.core import get_method
 from explainers.errors import ExplainerInputError, ImageError
@@ -41,22 +42,10 @@ DEFAULT_METHODS = "gradcam,gradcam++"
 SCORES = ("energy_in_box", "average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr and exit status 2."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from models_zoo import DEFAULT_MODEL
-
     parser = OneLineParser(prog="python -m explainers.audit", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="folder of images (not searched recursively)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"a zoo model (default: {DEFAULT_MODEL})")
-    parser.add_argument("--arch", help="custom model: a torchvision architecture, e.g. resnet18")
-    parser.add_argument("--weights", type=Path, help="custom model: .safetensors or state_dict .pt/.pth")
-    parser.add_argument("--labels", type=Path, help="custom model: class names, one per line or a JSON list")
+    add_model_arguments(parser)
     parser.add_argument("--layer", help="target layer (default: the model's recommended layer)")
     parser.add_argument(
         "--methods", default=DEFAULT_METHODS, help=f"comma-separated (default: {DEFAULT_METHODS})"
@@ -99,18 +88,6 @@ def list_images(folder: Path) -> list[Path]:
     if not images:
         raise ExplainerInputError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return images
-
-
-def load_zoo(args: argparse.Namespace):
-    """The zoo model, or the custom model when --arch/--weights/--labels are given (all three)."""
-    from models_zoo import load_custom_model, load_model
-
-    custom = (args.arch, args.weights, args.labels)
-    if any(value is not None for value in custom):
-        if not all(value is not None for value in custom):
-            raise ExplainerInputError("A custom model needs all three of --arch, --weights and --labels.")
-        return load_custom_model(args.arch, args.weights, args.labels)
-    return load_model(args.model)
 
 
 def progress(done: int, total: int, name: str) -> None:

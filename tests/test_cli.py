@@ -70,3 +70,22 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_custom_model_from_files(tmp_path):
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    save_file(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "head.safetensors")
+    (tmp_path / "labels.txt").write_text("nurse\ndoctor\nsurgeon\n")
+    done = cli(
+        str(SAMPLES_DIR / "grace_hopper.jpg"), "--arch", "resnet18", "--weights", str(tmp_path / "head.safetensors"),
+        "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "out"),
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert summary["target"]["label"] in {"nurse", "doctor", "surgeon"} and len(summary["top5"]) == 3
+    incomplete = cli(str(SAMPLES_DIR / "grace_hopper.jpg"), "--arch", "resnet18")
+    assert incomplete.returncode == 2 and "all three" in incomplete.stderr
