@@ -15,7 +15,8 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY .streamlit/ .streamlit/
-COPY app.py ./
+COPY app.py app_cache.py ./
+COPY pages/ pages/
 COPY explainers/ explainers/
 COPY models_zoo/ models_zoo/
 COPY assets/ assets/
