@@ -80,6 +80,12 @@ def sample(name: str) -> Image.Image:
     return load_image(SAMPLES_DIR / name)
 
 
+def inputs(zoo: ZooModel, image: Image.Image | None, default: str) -> tuple[Image.Image, torch.Tensor, np.ndarray]:
+    """The lesson's image (a bundled sample unless one is given), its model input and its crop."""
+    image = image or sample(default)
+    return image, zoo.preprocess(image), np.asarray(zoo.preprocess.crop_image(image))
+
+
 def class_probability(zoo: ZooModel, x: torch.Tensor, target: int) -> float:
     with torch.inference_mode():
         return float(zoo.model(x.to(zoo.device)).softmax(-1)[0, target])
@@ -92,9 +98,7 @@ def label(zoo: ZooModel, index: int) -> str:
 @lesson("counterfactual")
 def counterfactual_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Grad-CAM paper section 5.2: negated gradients show what argues against the class."""
-    image = image or sample("cat_and_coffee.jpg")
-    x = zoo.preprocess(image)
-    crop = np.asarray(zoo.preprocess.crop_image(image))
+    image, x, crop = inputs(zoo, image, "cat_and_coffee.jpg")
     factual = explain(zoo.model, x, zoo.default_layer, ["gradcam"])
     target = factual.target
     counter = explain(zoo.model, x, zoo.default_layer, ["gradcam"], target=target, counterfactual=True)
@@ -202,9 +206,7 @@ def discrimination_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
     from explainers.metrics import saliency, spearman
 
     given = image is not None
-    image = image or sample("cat_and_coffee.jpg")
-    x = zoo.preprocess(image)
-    crop = np.asarray(zoo.preprocess.crop_image(image))
+    image, x, crop = inputs(zoo, image, "cat_and_coffee.jpg")
     methods = ["gradcam", "guided_backprop", "guided_gradcam"]
     first, second = two_classes(zoo, x, given)
     a = explain(zoo.model, x, zoo.default_layer, methods, target=first)
@@ -243,9 +245,7 @@ def instances_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Grad-CAM++ claims to cover several instances of a class better than Grad-CAM."""
     from explainers.metrics import energy_in_box
 
-    image = image or sample("two_cats.jpg")
-    x = zoo.preprocess(image)
-    crop = np.asarray(zoo.preprocess.crop_image(image))
+    image, x, crop = inputs(zoo, image, "two_cats.jpg")
     result = explain(zoo.model, x, zoo.default_layer, ["gradcam", "gradcam++"])
     height, width = crop.shape[:2]
     left, right = (0, 0, width // 2, height), (width // 2, 0, width, height)
@@ -296,9 +296,7 @@ def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     from explainers.guided import guided_to_image
     from explainers.sanity import sanity_check
 
-    image = image or sample("chelsea.jpg")
-    x = zoo.preprocess(image)
-    crop = np.asarray(zoo.preprocess.crop_image(image))
+    image, x, crop = inputs(zoo, image, "chelsea.jpg")
     methods = ["gradcam", "guided_backprop"]
     result = sanity_check(zoo.model, x, zoo.default_layer, methods, max_steps=6, keep_maps=True)
     final = {m: result.correlations[m][-1] for m in methods}
@@ -336,9 +334,7 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Deep layers: coarse, class-level maps; shallow layers: fine detail (LayerCAM keeps them usable)."""
     from explainers.multi import fuse_layers, stage_ends, sweep
 
-    image = image or sample("chelsea.jpg")
-    x = zoo.preprocess(image)
-    crop = np.asarray(zoo.preprocess.crop_image(image))
+    image, x, crop = inputs(zoo, image, "chelsea.jpg")
     layers = stage_ends(zoo.model, zoo.input_size)
     results = sweep(zoo.model, x, layers, ["gradcam", "layercam"])  # one forward, one backward
     ordered = list(results)
