@@ -46,6 +46,7 @@ class Lesson:
         verdict: one or two sentences built from the measurements.
         series: optional curves to plot: name -> values over `series_x`.
         series_x: labels of the curves' x axis.
+        axis_titles: (x, y) axis titles of the curves.
     """
 
     key: str
@@ -58,19 +59,24 @@ class Lesson:
     verdict: str
     series: dict[str, list[float]] = field(default_factory=dict)
     series_x: list[str] = field(default_factory=list)
+    axis_titles: tuple[str, str] = ("", "")
 
 
 LessonFn = Callable[[ZooModel, Image.Image | None], Lesson]
 LESSONS: dict[str, LessonFn] = {}
+TITLES: dict[str, str] = {}
+# Teaching order: the order of the issue and the literature, not of definition in this file.
+ORDER = ("discrimination", "instances", "depth", "counterfactual", "sanity", "watermark")
 
 
-def lesson(key: str) -> Callable[[LessonFn], LessonFn]:
-    """Register a lesson function under ``key`` (in teaching order)."""
+def lesson(key: str, title: str) -> Callable[[LessonFn], LessonFn]:
+    """Register a lesson function under ``key`` with its heading."""
 
     def add(fn: LessonFn) -> LessonFn:
         if key in LESSONS:
             raise ValueError(f"Lesson {key!r} is registered twice.")
         LESSONS[key] = fn
+        TITLES[key] = title
         return fn
 
     return add
@@ -95,7 +101,7 @@ def label(zoo: ZooModel, index: int) -> str:
     return zoo.labels[index]
 
 
-@lesson("counterfactual")
+@lesson("counterfactual", "Counterfactual: what would make the model less sure")
 def counterfactual_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Grad-CAM paper section 5.2: negated gradients show what argues against the class."""
     image, x, crop = inputs(zoo, image, "cat_and_coffee.jpg")
@@ -116,7 +122,7 @@ def counterfactual_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
     )
     return Lesson(
         key="counterfactual",
-        title="Counterfactual: what would make the model less sure",
+        title=TITLES["counterfactual"],
         claim="Negating the gradient highlights the regions that argue against the class; "
         "removing them makes the model more confident.",
         source="Selvaraju et al., Grad-CAM (arXiv 1610.02391), section 5.2",
@@ -142,7 +148,7 @@ def add_watermark(image: Image.Image, size: int) -> Image.Image:
     return AddWatermark(image_size=size)(image)
 
 
-@lesson("watermark")
+@lesson("watermark", "A real shortcut in a real model: the 'carton' watermark")
 def watermark_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """ImageNet-W: a faint Chinese-text watermark pushes ImageNet models towards 'carton'."""
     image = image or sample("chelsea.jpg")
@@ -169,7 +175,7 @@ def watermark_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     crop_array, marked_array = np.asarray(crop), np.asarray(marked)
     return Lesson(
         key="watermark",
-        title="A real shortcut in a real model: the 'carton' watermark",
+        title=TITLES["watermark"],
         claim="ImageNet classifiers associate a faint Chinese-text watermark with the class 'carton'.",
         source="Li et al., A Whac-A-Mole Dilemma / ImageNet-W (CVPR 2023)",
         panels=[
@@ -199,7 +205,7 @@ def two_classes(zoo: ZooModel, x: torch.Tensor, image_given: bool) -> tuple[int,
     return first, second
 
 
-@lesson("discrimination")
+@lesson("discrimination", "Where the class lives")
 def discrimination_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Grad-CAM is class-discriminative; guided backprop alone barely is; Guided Grad-CAM is."""
     from explainers.guided import guided_to_image
@@ -229,7 +235,7 @@ def discrimination_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
         ]
     return Lesson(
         key="discrimination",
-        title="Where the class lives",
+        title=TITLES["discrimination"],
         claim="Grad-CAM's maps for two classes in one image differ; guided backprop's are nearly the "
         "same (it is barely class-discriminative); Guided Grad-CAM combines the two.",
         source="Selvaraju et al., Grad-CAM (arXiv 1610.02391), section 3",
@@ -240,7 +246,7 @@ def discrimination_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
     )
 
 
-@lesson("instances")
+@lesson("instances", "Several instances of one class")
 def instances_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Grad-CAM++ claims to cover several instances of a class better than Grad-CAM."""
     from explainers.metrics import energy_in_box
@@ -270,7 +276,7 @@ def instances_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     )
     return Lesson(
         key="instances",
-        title="Several instances of one class",
+        title=TITLES["instances"],
         claim="Grad-CAM++ highlights every instance of a class; Grad-CAM tends to favour one.",
         source="Chattopadhyay et al., Grad-CAM++ (arXiv 1710.11063)",
         panels=[
@@ -290,7 +296,7 @@ def instances_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     )
 
 
-@lesson("sanity")
+@lesson("sanity", "Sanity check: randomise the model")
 def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Adebayo et al. 2018: a faithful map must change when the model's weights are randomised."""
     from explainers.guided import guided_to_image
@@ -310,7 +316,7 @@ def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     )
     return Lesson(
         key="sanity",
-        title="Sanity check: randomise the model",
+        title=TITLES["sanity"],
         claim="Re-initialising the top layers changes Grad-CAM a lot but guided backprop little: "
         "guided backprop mostly reflects the image, not what the model learnt.",
         source="Adebayo et al., Sanity Checks for Saliency Maps (NeurIPS 2018)",
@@ -326,10 +332,11 @@ def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         verdict=verdict,
         series={m: [1.0, *result.correlations[m]] for m in methods},
         series_x=["trained", *result.step_names],
+        axis_titles=("re-initialised, from the top", "rank correlation with the original map"),
     )
 
 
-@lesson("depth")
+@lesson("depth", "Depth: coarse versus fine")
 def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Deep layers: coarse, class-level maps; shallow layers: fine detail (LayerCAM keeps them usable)."""
     from explainers.multi import fuse_layers, stage_ends, sweep
@@ -378,7 +385,7 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     ]
     return Lesson(
         key="depth",
-        title="Depth: coarse versus fine",
+        title=TITLES["depth"],
         claim="Deep layers give coarse, class-level maps; shallow layers give fine detail, which "
         "LayerCAM's element-wise weights are meant to keep on the object.",
         source="Selvaraju et al. 2017 (section 7.1); Jiang et al., LayerCAM (IEEE TIP 2021)",
@@ -393,4 +400,10 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         verdict=verdict,
         series={"LayerCAM area above half peak": [area[layer] for layer in ordered]},
         series_x=ordered,
+        axis_titles=("layer, shallow to deep", "share of the image above half the peak"),
     )
+
+
+def teaching_order() -> list[str]:
+    """Lesson keys in teaching order (any lesson missing from ORDER comes last)."""
+    return [key for key in ORDER if key in LESSONS] + [key for key in LESSONS if key not in ORDER]

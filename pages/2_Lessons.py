@@ -11,7 +11,7 @@ import streamlit as st
 from app_cache import get_image, get_model
 from explainers import ExplainerInputError
 from explainers.images import content_hash
-from explainers.lessons import LESSONS, Lesson
+from explainers.lessons import LESSONS, TITLES, Lesson, teaching_order
 from models_zoo import DEFAULT_MODEL, list_zoo
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
@@ -34,16 +34,7 @@ def run_lesson(key: str, model: str, random_weights: bool, digest: str | None, _
 
 def titles() -> dict[str, str]:
     """Lesson key -> numbered title, in teaching order."""
-    names = {
-        "discrimination": "Where the class lives",
-        "instances": "Several instances",
-        "depth": "Depth: coarse versus fine",
-        "counterfactual": "Counterfactual",
-        "sanity": "Sanity check",
-        "watermark": "A real shortcut: the watermark",
-    }
-    keys = [key for key in names if key in LESSONS] + [key for key in LESSONS if key not in names]
-    return {key: f"{i}. {names.get(key, key)}" for i, key in enumerate(keys, 1)}
+    return {key: f"{i}. {TITLES[key]}" for i, key in enumerate(teaching_order(), 1)}
 
 
 def sidebar() -> tuple[str, str, bool, bytes | None, str | None]:
@@ -103,8 +94,8 @@ def series_figure(lesson: Lesson) -> go.Figure:
     for name, values in lesson.series.items():
         figure.add_trace(go.Scatter(x=lesson.series_x, y=values, mode="lines+markers", name=name))
     figure.update_layout(
-        yaxis_title="rank correlation with the original map",
-        xaxis_title="re-initialised, from the top",
+        xaxis_title=lesson.axis_titles[0],
+        yaxis_title=lesson.axis_titles[1],
         height=360,
         margin=dict(l=10, r=10, t=30, b=10),
         font=dict(size=15),

@@ -1,0 +1,37 @@
+"""The Lessons page in a real browser: every lesson runs with no exception box; a screenshot each."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from test_browser import artifacts, assert_no_exception, browser, server, wait_until_idle  # noqa: F401
+
+from explainers.lessons import TITLES, teaching_order
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def lessons_page(browser, server):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1440, "height": 1800})
+    page = context.new_page()
+    page.set_default_timeout(180_000)  # a lesson computes for seconds; the first loads the model
+    page.goto(f"{server}/Lessons")
+    page.get_by_role("heading", name="Lessons").first.wait_for()
+    yield page
+    context.close()
+
+
+@pytest.mark.parametrize("number, key", list(enumerate(teaching_order(), 1)))
+def test_every_lesson_runs_in_the_browser(lessons_page, artifacts, number, key):  # noqa: F811
+    page = lessons_page
+    page.get_by_text(f"{number}. {TITLES[key]}", exact=True).click()
+    page.get_by_role("heading", name=TITLES[key]).wait_for()
+    page.get_by_text("Measured now").wait_for()
+    wait_until_idle(page)
+    verdict = page.locator('[data-testid="stAlert"]').filter(has_text=re.compile(r"(Holds|Does not hold) here")).first
+    verdict.wait_for()
+    assert_no_exception(page)
+    assert page.locator('[data-testid="stMetric"]').count() >= 2
+    page.screenshot(path=artifacts / f"lesson-{number}-{key}.png", full_page=True)
