@@ -1,12 +1,12 @@
-"""Plotly figure builders for the trust view."""
+"""Plotly figure builders of the trust view (explainers.figures)."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 import torch
 
+from explainers.figures import curves_figure, sanity_figure
 from explainers.metrics import Curves
-from explainers.plots import curves_figure, sanity_figure
 from explainers.sanity import SanityResult
 
 
