@@ -12,7 +12,6 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
@@ -20,7 +19,7 @@ from app_cache import get_image, get_model
 from explainers import ExplainerInputError
 from explainers.compare import Panel, compare_classes, compare_models, explain_panel
 from explainers.core import METHODS
-from explainers.figures import sanity_figure
+from explainers.figures import region_figure, sanity_figure, selection_box, shares_figure
 from explainers.guided import guided_to_image
 from explainers.images import content_hash
 from explainers.metrics import Box, box_shares
@@ -42,6 +41,7 @@ DEMO_WITH, DEMO_WITHOUT, UPLOAD = "Bias demo image (with tag)", "Bias demo image
 TOP_CLASS = "(the model's top class)"
 SANITY_METHODS = ("gradcam", "guided_backprop")
 REGION_METHODS = ("gradcam", "gradcam++", "layercam", "guided_backprop")
+REGION_CHART, REGION_DRAWN = "region_chart", "region_drawn"  # the chart's key; the last box drawn on it
 DEMO_SENTENCE = (
     "**The bias demo** (after the Grad-CAM paper's nurse/doctor example): two “stripes or dots?” "
     "classifiers on one EfficientNet-Lite0 trunk. The biased one was trained where a yellow tag marked "
@@ -389,11 +389,22 @@ def section_region() -> None:
     except ExplainerInputError as error:
         st.error(str(error))
         return
-    preset = box_in_crop(zoo, image, cue_box()) if choice.is_demo else None
+    size = panel.crop.size
+    preset = drawn_box(size) or (box_in_crop(zoo, image, cue_box()) if choice.is_demo else None)
     left, right = st.columns([2, 3], gap="large")
     with left:
-        box = region_sliders(panel.crop.size, preset)
-        render_input(panel, box, f"your box: x {box[0]}–{box[2]}, y {box[1]}–{box[3]} (crop pixels)")
+        box = region_sliders(size, preset)
+        st.plotly_chart(
+            region_figure(np.asarray(panel.crop), box),
+            width="stretch",
+            key=REGION_CHART,
+            on_select="rerun",
+            selection_mode="box",
+        )
+        st.caption(
+            f"Your box: x {box[0]}–{box[2]}, y {box[1]}–{box[3]} in the model's {size[0]}×{size[1]} crop. "
+            "Drag on the picture to draw a new box, or move the sliders."
+        )
     with right:
         render_shares(panel, methods, box)
     columns = st.columns(len(methods))
@@ -401,13 +412,33 @@ def section_region() -> None:
         column.image(picture(panel, method, box=box), caption=title(method), width="stretch")
 
 
+def drawn_box(size: tuple[int, int]) -> Box | None:
+    """The last box drawn on the picture, kept apart from the chart's own state: a new figure (the
+    box outline moves) may reset the chart's selection, and the box must outlive that."""
+    state = st.session_state.get(REGION_CHART) or {}
+    box = selection_box(state.get("selection") or {}, size)
+    if box is not None:
+        st.session_state[REGION_DRAWN] = box
+    return st.session_state.get(REGION_DRAWN)
+
+
 def region_sliders(size: tuple[int, int], preset: Box | None) -> Box:
-    """The box from two range sliders, in pixels of the model's crop; the tag's box as preset."""
+    """The box from two range sliders, in pixels of the model's crop.
+
+    The sliders' keys carry the preset (the tag's box, or a box drawn on the picture): a new
+    preset gets fresh sliders on it, without writing to a widget's state.
+    """
     width, height = size
     x0, y0, x1, y1 = preset or (width // 4, height // 4, 3 * width // 4, 3 * height // 4)
-    xs = st.slider("Box: x from … to", 0, width, (max(0, x0), min(width, x1)), key=f"region_x:{width}")
+    xs = st.slider(
+        "Box: x from … to", 0, width, (max(0, x0), min(width, x1)), key=f"region_x:{width}:{preset}"
+    )
     ys = st.slider(
-        "Box: y from … to (0 is the top)", 0, height, (max(0, y0), min(height, y1)), key=f"region_y:{height}"
+        "Box: y from … to (0 is the top)",
+        0,
+        height,
+        (max(0, y0), min(height, y1)),
+        key=f"region_y:{height}:{preset}",
     )
     return (xs[0], ys[0], max(xs[1], xs[0] + 1), max(ys[1], ys[0] + 1))
 
@@ -422,25 +453,6 @@ def render_shares(panel: Panel, methods: list[str], box: Box) -> None:
     for column, method in zip(st.columns(len(methods)), methods, strict=True):
         column.metric(title(method), percent(shares[method]))
     st.plotly_chart(shares_figure(shares, area), width="stretch", key="region_shares")
-
-
-def shares_figure(shares: dict[str, float], area: float) -> go.Figure:
-    figure = go.Figure(
-        go.Bar(
-            x=[title(m) for m in shares],
-            y=list(shares.values()),
-            text=[percent(v) for v in shares.values()],
-            textposition="outside",
-            marker_color="#1f77b4",
-        )
-    )
-    figure.add_hline(y=area, line={"color": "grey", "dash": "dot"}, annotation_text="box area")
-    figure.update_layout(
-        height=280,
-        yaxis={"range": [0, 1.1], "tickformat": ".0%", "title": "energy in the box"},
-        margin={"t": 20, "b": 30, "l": 50, "r": 10},
-    )
-    return figure
 
 
 def section_sanity() -> None:
@@ -477,7 +489,7 @@ def section_sanity() -> None:
 def render_sanity_verdict(result: SanityResult) -> None:
     grad, guided = result.correlations["gradcam"], result.correlations["guided_backprop"]
     measured = (
-        f"After re-initialising {len(result.steps)} layer(s) from the top, Grad-CAM's map has rank "
+        f"After re-initialising {plural(len(result.steps), 'layer')} from the top, Grad-CAM's map has rank "
         f"correlation **ρ = {grad[-1]:.2f}** with the original (lowest {min(grad):.2f}), guided backprop's "
         f"**ρ = {guided[-1]:.2f}** (lowest {min(guided):.2f})."
     )
@@ -485,6 +497,10 @@ def render_sanity_verdict(result: SanityResult) -> None:
         st.success(f"{measured} Grad-CAM changes with the model; guided backprop barely does.")
     else:
         st.warning(f"{measured} Here the two maps do not separate as the paper found; try more layers.")
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def render_sanity_maps(result: SanityResult, crop: np.ndarray, class_name: str) -> None:
@@ -518,6 +534,7 @@ def main() -> None:
         "Does the model look at the evidence, or at a shortcut? Compare two models or two classes, "
         "measure how much of a map falls in a region, and check that a map depends on the model at all."
     )
+    st.sidebar.header("Section")
     section = st.sidebar.radio(
         "Section", list(SECTIONS), format_func=SECTIONS.get, key="section", label_visibility="collapsed"
     )

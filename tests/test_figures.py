@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import torch
 
-from explainers.figures import curves_figure, sanity_figure
+from explainers.figures import curves_figure, region_figure, sanity_figure, selection_box, shares_figure
 from explainers.metrics import Curves
 from explainers.sanity import SanityResult
 
@@ -34,3 +34,25 @@ def test_sanity_figure_starts_at_one():
         0.2,
         0.1,
     ]
+
+
+def test_selection_box_reads_the_last_box_clipped_and_ordered():
+    selection = {"box": [{"x": [1, 2], "y": [1, 2]}, {"x": [50.4, -3.0], "y": [230.0, 10.6]}], "points": []}
+    assert selection_box(selection, (224, 224)) == (0, 10, 51, 224)
+    assert selection_box({"box": [], "points": []}, (224, 224)) is None
+    assert selection_box({"box": [{"x": [300, 400], "y": [0, 10]}]}, (224, 224)) is None  # outside
+
+
+def test_region_figure_is_selectable_and_outlines_the_box():
+    import numpy as np
+
+    figure = region_figure(np.zeros((224, 224, 3), np.uint8), (8, 8, 56, 56))
+    assert figure.layout.dragmode == "select"
+    assert [trace.type for trace in figure.data] == ["image", "scatter"]  # plotly selects only points
+    assert (figure.layout.shapes[0].x0, figure.layout.shapes[0].y1) == (8, 56)
+
+
+def test_shares_figure_has_one_bar_per_method():
+    figure = shares_figure({"gradcam": 0.34, "guided_backprop": 0.055}, area=0.046)
+    assert list(figure.data[0].x) == ["Grad-CAM", "Guided backprop"]
+    assert list(figure.data[0].text) == ["34%", "5.5%"]

@@ -80,20 +80,37 @@ def test_two_classes_show_grad_cam_and_counterfactual_maps(page):
     assert sum("Counterfactual" in c for c in captions) == 2 and sum("Grad-CAM" in c for c in captions) == 2
 
 
+def box_sliders(at: AppTest):
+    x, y = (slider for slider in at.main.get("slider") if slider.label.startswith("Box:"))
+    return x, y
+
+
 def test_region_check_measures_the_box_the_user_marks(page):
     page.session_state["region_methods"] = ["gradcam", "guided_backprop"]  # fewer maps: faster
     page.sidebar.radio(key="section").set_value("region").run()
     assert not page.exception and not page.error
-    assert page.slider(key="region_x:224").value == (8, 56)  # the tag's box is the preset
+    x, y = box_sliders(page)
+    assert (x.value, y.value) == ((8, 56), (8, 56))  # the tag's box is the preset
+    assert len(page.get("plotly_chart")) == 2  # the picture to draw on, and the bar chart
     on_tag = percent(metrics(page)["Grad-CAM"])
     assert on_tag > 20
-    page.slider(key="region_x:224").set_value((0, 224))
-    page.slider(key="region_y:224").set_value((0, 224)).run()
+    x.set_value((0, 224))
+    y.set_value((0, 224)).run()
     assert not page.exception
     assert percent(metrics(page)["Grad-CAM"]) == 100 and percent(metrics(page)["Guided backprop"]) == 100
-    page.slider(key="region_x:224").set_value((120, 200))
-    page.slider(key="region_y:224").set_value((120, 200)).run()
+    x, y = box_sliders(page)
+    x.set_value((120, 200))
+    y.set_value((120, 200)).run()
     assert percent(metrics(page)["Grad-CAM"]) < on_tag
+
+
+def test_a_box_drawn_on_the_picture_becomes_the_sliders_preset(page):
+    page.session_state["region_drawn"] = (100, 20, 180, 60)  # what a box selection leaves behind
+    page.run()
+    assert not page.exception
+    x, y = box_sliders(page)
+    assert (x.value, y.value) == ((100, 180), (20, 60))
+    assert any("x 100–180, y 20–60" in c.value for c in page.caption)
 
 
 def test_sanity_check_states_the_measured_result(page):
@@ -102,7 +119,7 @@ def test_sanity_check_states_the_measured_result(page):
     assert not page.exception and not page.error
     verdicts = [box.value for box in (*page.success, *page.warning)]
     assert len(verdicts) == 1 and "Grad-CAM's map has rank correlation" in verdicts[0]
-    assert "2 layer(s)" in verdicts[0]
+    assert "2 layers" in verdicts[0]
     assert len(page.get("plotly_chart")) == 1
 
 
