@@ -7,10 +7,13 @@ steps, which keeps the whole file near a minute on two CPU cores.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from streamlit.testing.v1 import AppTest
 
 from explainers.render import draw_box
@@ -68,6 +71,29 @@ def test_a_bad_custom_model_gets_one_error_and_the_page_recovers(page):
     errors = [e.value for e in page.error]
     assert len(errors) == 1 and errors[0].startswith("Left model:") and "\n" not in errors[0]
     assert "neither a safetensors file nor a PyTorch state_dict" in errors[0]
+    page.sidebar.selectbox(key="model:left").set_value("bias_demo_biased").run()
+    assert not page.exception and not page.error and len(page.metric) == 2
+
+
+def upload_custom(at: AppTest, weights: bytes, labels: bytes) -> None:
+    at.sidebar.selectbox(key="model:left").set_value(CUSTOM).run()
+    at.sidebar.selectbox(key="arch:left").set_value("resnet18")
+    at.sidebar.file_uploader(key="weights:left").set_value(("head.pt", weights, "application/octet-stream"))
+    at.sidebar.file_uploader(key="labels:left").set_value(("labels.txt", labels, "text/plain"))
+    at.run()
+
+
+def test_a_custom_model_compares_with_the_demo_and_a_wrong_class_count_is_named(page):
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=2).state_dict(), buffer)
+    upload_custom(page, buffer.getvalue(), b"stripes\ndots\n")
+    assert not page.exception and not page.error
+    assert "**resnet18 (custom)**" in [m.value for m in page.markdown]
+    assert len(page.metric) == 2  # the tag's box, mapped into resnet18's resized crop
+    upload_custom(page, buffer.getvalue(), b"stripes\ndots\nchecks\n")
+    errors = [e.value for e in page.error]
+    assert len(errors) == 1 and "has 2 outputs" in errors[0] and "lists 3 names" in errors[0]
     page.sidebar.selectbox(key="model:left").set_value("bias_demo_biased").run()
     assert not page.exception and not page.error and len(page.metric) == 2
 
