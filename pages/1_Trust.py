@@ -210,6 +210,8 @@ def open_model(choice: ModelChoice | None, side: str = "") -> ZooModel | None:
         return get_model(choice.name, False)
     except ExplainerInputError as error:
         st.error(f"{where}{str(error).splitlines()[0]}")
+        if choice.architecture:
+            st.caption("Pick the architecture the weights were trained with, or other files, or a zoo model.")
         return None
 
 
@@ -264,8 +266,8 @@ def render_model_side(panel: Panel, zoo: ZooModel, methods: tuple[str, ...], box
             caption=f"{title(method)} for “{panel.class_name}” (p = {panel.probability:.1%})",
             width="stretch",
         )
-    if box is not None:
-        st.metric("Grad-CAM energy in the tag's box", percent(gradcam_share(panel, box)))
+        if method == "gradcam" and box is not None:  # the number right under the map it measures
+            st.metric("Grad-CAM energy in the tag's box", percent(gradcam_share(panel, box)))
     if panel.predicted != panel.class_index:
         st.caption(f"This model's top class here is “{zoo.labels[panel.predicted]}”.")
 
