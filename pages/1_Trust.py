@@ -108,28 +108,43 @@ def get_custom_model(architecture: str, key: str, _weights: bytes, _labels: byte
 
 @st.cache_data(max_entries=32, show_spinner="Explaining with both models…")
 def get_model_pair(
-    keys: tuple[str, str], digest: str, class_name: str | None, methods: tuple[str, ...], _models, _image
+    keys: tuple[str, str],
+    digest: str,
+    class_name: str | None,
+    methods: tuple[str, ...],
+    _models: tuple[ZooModel, ZooModel],
+    _image: Image.Image,
 ) -> tuple[Panel, Panel]:
     return compare_models(*_models, _image, methods, class_name)
 
 
 @st.cache_data(max_entries=32, show_spinner="Explaining both classes and their counterfactuals…")
 def get_class_pair(
-    key: str, digest: str, classes: tuple[str, str], methods: tuple[str, ...], _model, _image
+    key: str,
+    digest: str,
+    classes: tuple[str, str],
+    methods: tuple[str, ...],
+    _model: ZooModel,
+    _image: Image.Image,
 ) -> tuple[Panel, Panel]:
     return compare_classes(_model, _image, classes, methods)
 
 
 @st.cache_data(max_entries=32, show_spinner="Explaining…")
 def get_panel(
-    key: str, digest: str, class_name: str | None, methods: tuple[str, ...], _model, _image
+    key: str,
+    digest: str,
+    class_name: str | None,
+    methods: tuple[str, ...],
+    _model: ZooModel,
+    _image: Image.Image,
 ) -> Panel:
     return explain_panel(_model, _image, methods, class_name)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def get_sanity(key: str, digest: str, steps: int, _model: ZooModel, _image) -> SanityResult:
-    x = _model.preprocess(_image)
+def get_sanity(key: str, digest: str, steps: int, _model: ZooModel, _image: Image.Image) -> SanityResult:
+    x = _model.preprocess(_image)  # sanity_check takes the model's input; the zoo model knows its transform
     return sanity_check(
         _model.model, x, _model.default_layer, SANITY_METHODS, max_steps=steps, keep_maps=True
     )
