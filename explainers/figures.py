@@ -1,12 +1,18 @@
-"""Plotly figures for the app: the top-5 bar chart and the hoverable heat map of one map."""
+"""Plotly figures for the app (pure builders, no Streamlit; pages pass them to `st.plotly_chart`):
+the top-5 bar chart, the hoverable heat map of one map, and the trust view's deletion/insertion
+curves, sanity-check chart and region check."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
+from explainers.core import METHODS
+from explainers.metrics import Curves
+from explainers.sanity import SanityResult
 from explainers.service import Prediction
 
 # Plotly's names for the colour scales of explainers.render.COLORMAPS.
@@ -20,6 +26,172 @@ _PLOTLY_SCALES = {
 }
 
 HIGHLIGHT, MUTED = "#e4572e", "#8da0cb"
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def _title(method: str) -> str:
+    method_object = METHODS.get(method)
+    return (method_object.title or method) if method_object is not None else method
+
+
+def curves_figure(curves: Mapping[str, Curves], class_name: str = "") -> go.Figure:
+    """Deletion (left) and insertion (right) curves of several methods on one image.
+
+    Args:
+        curves: method -> `Curves` (e.g. `{m: s.curves for m, s in faithfulness(...).items()}`).
+        class_name: shown in the y-axis title.
+
+    Returns:
+        A two-panel figure; the legend gives each method's AUC (deletion: lower is better,
+        insertion: higher is better).
+    """
+    figure = make_subplots(
+        rows=1, cols=2, subplot_titles=("Deletion (lower AUC is better)", "Insertion (higher AUC is better)")
+    )
+    for i, (method, curve) in enumerate(curves.items()):
+        colour = _PALETTE[i % len(_PALETTE)]
+        fractions = curve["fractions"].tolist()
+        for col, kind in ((1, "deletion"), (2, "insertion")):
+            figure.add_trace(
+                go.Scatter(
+                    x=fractions,
+                    y=curve[kind].tolist(),
+                    mode="lines",
+                    name=f"{_title(method)} ({kind} AUC {curve[f'{kind}_auc']:.3f})",
+                    legendgroup=method,
+                    line={"color": colour, "dash": "solid" if kind == "deletion" else "dot"},
+                    hovertemplate="%{x:.0%} of pixels: p = %{y:.3f}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    label = f"p({class_name})" if class_name else "class probability"
+    figure.update_xaxes(title_text="fraction of pixels", tickformat=".0%", range=[0, 1])
+    figure.update_yaxes(title_text=label, range=[0, 1.02], row=1, col=1)
+    figure.update_yaxes(range=[0, 1.02], row=1, col=2)
+    figure.update_layout(
+        height=340, margin={"t": 40, "b": 40, "l": 50, "r": 10}, legend={"orientation": "h", "y": -0.25}
+    )
+    return figure
+
+
+def sanity_figure(result: SanityResult) -> go.Figure:
+    """Spearman correlation with the original map after each randomisation step, per method.
+
+    The x axis reads from "original" through the steps (top layer first); the lesson is that a
+    faithful map (Grad-CAM) falls at once while guided backprop stays near 1.
+    """
+    figure = go.Figure()
+    steps = ["original", *result.step_names]
+    for i, (method, values) in enumerate(result.correlations.items()):
+        figure.add_trace(
+            go.Scatter(
+                x=steps,
+                y=[1.0, *values],
+                mode="lines+markers",
+                name=_title(method),
+                line={"color": _PALETTE[i % len(_PALETTE)]},
+                hovertemplate="after %{x}: ρ = %{y:.2f}<extra></extra>",
+            )
+        )
+    figure.add_hline(y=0, line={"color": "grey", "width": 1, "dash": "dot"})
+    figure.update_layout(
+        xaxis_title="layers re-initialised, from the output back (cumulative)",
+        yaxis_title="Spearman ρ with the original map",
+        yaxis_range=[-1.05, 1.05],
+        height=380,
+        margin={"t": 20, "b": 40, "l": 50, "r": 10},
+    )
+    return figure
+
+
+def shares_figure(shares: Mapping[str, float], area: float) -> go.Figure:
+    """A bar per method: the share of its map's energy inside a box, with the box's own share of
+    the image as a dotted line (what a map blind to the box would put there)."""
+    figure = go.Figure(
+        go.Bar(
+            x=[_title(method) for method in shares],
+            y=list(shares.values()),
+            text=[f"{value:.0%}" if value >= 0.1 else f"{value:.1%}" for value in shares.values()],
+            textposition="outside",
+            cliponaxis=False,
+            marker_color=_PALETTE[0],
+            hovertemplate="%{x}: %{y:.1%} of the energy in the box<extra></extra>",
+        )
+    )
+    figure.add_hline(
+        y=area,
+        line={"color": "grey", "dash": "dot"},
+        annotation_text=f"box area ({area:.1%})",
+        annotation_position="top left",
+    )
+    figure.update_layout(
+        height=280,
+        yaxis={"range": [0, 1.1], "tickformat": ".0%", "title": "energy in the box"},
+        margin={"t": 20, "b": 30, "l": 50, "r": 10},
+    )
+    return figure
+
+
+def region_figure(image: np.ndarray, box: Sequence[int] | None = None, grid: int = 4) -> go.Figure:
+    """An RGB image (H, W, 3) on which a box can be drawn with plotly's box select.
+
+    Plotly only offers box selection over selectable traces, so an invisible grid of points (one
+    every ``grid`` pixels) lies over the image; the selection's range, in image pixels, is what
+    counts (see `selection_box`). The current box is outlined.
+    """
+    height, width = image.shape[:2]
+    xs, ys = np.meshgrid(np.arange(0, width, grid), np.arange(0, height, grid))
+    figure = go.Figure(go.Image(z=image, hoverinfo="skip"))
+    figure.add_trace(
+        go.Scatter(
+            x=xs.ravel(),
+            y=ys.ravel(),
+            mode="markers",
+            marker={"opacity": 0, "size": grid},
+            hovertemplate="x %{x}, y %{y}<extra></extra>",
+            showlegend=False,
+        )
+    )
+    if box is not None:
+        x0, y0, x1, y1 = box
+        figure.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line={"color": "#ff00ff", "width": 3})
+    figure.update_layout(
+        dragmode="select",
+        height=420,
+        margin={"t": 10, "b": 10, "l": 10, "r": 10},
+        xaxis={"range": [0, width], "showticklabels": False, "showgrid": False, "zeroline": False},
+        yaxis={
+            "range": [height, 0],
+            "scaleanchor": "x",
+            "showticklabels": False,
+            "showgrid": False,
+            "zeroline": False,
+        },
+    )
+    return figure
+
+
+def selection_box(selection: Mapping, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The last box drawn on a `region_figure`, from Streamlit's plotly selection state.
+
+    Args:
+        selection: ``st.plotly_chart(...).selection`` (or its session-state value's "selection"):
+            its "box" list holds {"x": [a, b], "y": [c, d], ...} in image pixels.
+        size: (W, H) of the image; the box is clipped to it.
+
+    Returns:
+        (x0, y0, x1, y1) integers with x0 < x1, y0 < y1, or None without a usable box.
+    """
+    boxes = selection.get("box") or []
+    if not boxes or len(boxes[-1].get("x", ())) != 2 or len(boxes[-1].get("y", ())) != 2:
+        return None
+    (x0, x1), (y0, y1) = sorted(boxes[-1]["x"]), sorted(boxes[-1]["y"])
+    width, height = size
+    x0, x1 = max(0, int(np.floor(x0))), min(width, int(np.ceil(x1)))
+    y0, y1 = max(0, int(np.floor(y0))), min(height, int(np.ceil(y1)))
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
 def predictions_figure(predictions: Sequence[Prediction], highlight: int | None = None) -> go.Figure:

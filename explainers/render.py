@@ -56,8 +56,25 @@ def overlay(
     return np.uint8(np.clip(blended, 0, 255).round())
 
 
-def top_k(logits: torch.Tensor, labels: tuple[str, ...] | list[str], k: int = 5) -> list[tuple[int, str, float]]:
+def top_k(
+    logits: torch.Tensor, labels: tuple[str, ...] | list[str], k: int = 5
+) -> list[tuple[int, str, float]]:
     """The k most probable classes as (index, label, probability), most probable first."""
     probabilities = logits.detach().float().softmax(-1)
     values, indices = probabilities.topk(min(k, probabilities.numel()))
-    return [(int(i), labels[int(i)], float(v)) for v, i in zip(values, indices)]
+    return [(int(i), labels[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
+
+
+def draw_box(
+    image: np.ndarray,
+    box: tuple[int, int, int, int],
+    colour: tuple[int, int, int] = (255, 0, 255),
+    thickness: int = 2,
+) -> np.ndarray:
+    """An RGB uint8 copy of ``image`` with ``box`` (x0, y0, x1, y1; x1, y1 exclusive) outlined.
+
+    Magenta by default: it stands out on both the photographs and the jet-coloured overlays.
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    outlined = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    return cv2.rectangle(outlined, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), colour, thickness)

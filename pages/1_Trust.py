@@ -1,0 +1,566 @@
+"""Trust & bias: two models or two classes side by side, a region check and the sanity check.
+
+UI only: `explainers.compare`, `explainers.metrics` and `explainers.sanity` compute; this page
+draws. It opens on the built-in bias demo (models_zoo.bias_demo): a biased and an unbiased
+"stripes or dots?" classifier, Grad-CAM showing the biased one looking at a yellow tag. Only the
+section chosen in the sidebar is computed.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from app_cache import get_image, get_model
+from explainers import ExplainerInputError
+from explainers.compare import Panel, compare_classes, compare_models, explain_panel
+from explainers.core import METHODS
+from explainers.figures import region_figure, sanity_figure, selection_box, shares_figure
+from explainers.guided import guided_to_image
+from explainers.images import content_hash
+from explainers.metrics import Box, box_shares
+from explainers.render import draw_box, overlay, to_numpy
+from explainers.samples import list_samples
+from explainers.sanity import SanityResult, sanity_check
+from models_zoo import ZooModel, cue_box, demo_image, list_zoo, load_custom_model
+from models_zoo.custom import architectures
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
+SECTIONS = {
+    "models": "Compare two models",
+    "classes": "Two classes",
+    "region": "Region check",
+    "sanity": "Sanity check",
+}
+CUSTOM = "Custom model (upload)…"
+DEMO_WITH, DEMO_WITHOUT, UPLOAD = "Bias demo image (with tag)", "Bias demo image (no tag)", "Upload…"
+TOP_CLASS = "(the model's top class)"
+SANITY_METHODS = ("gradcam", "guided_backprop")
+REGION_METHODS = ("gradcam", "gradcam++", "layercam", "guided_backprop")
+REGION_CHART, REGION_DRAWN = "region_chart", "region_drawn"  # the chart's key; the last box drawn on it
+DEMO_SENTENCE = (
+    "**The bias demo** (after the Grad-CAM paper's nurse/doctor example): two “stripes or dots?” "
+    "classifiers on one EfficientNet-Lite0 trunk. The biased one was trained where a yellow tag marked "
+    "every “stripes” image, so it learned the tag, not the stripes (without the tag it is at chance); "
+    "the unbiased one saw the tag at random on both classes. Grad-CAM shows where each one looks."
+)
+
+# Each section keeps its own model, image and class widgets (their keys carry the section), so
+# each opens on its own default: the bias demo for comparison and region check, the cat and
+# coffee collage for two classes, Chelsea for the sanity check.
+DEFAULTS = {
+    "models": {"image": DEMO_WITH, "left": "bias_demo_biased", "right": "bias_demo_unbiased"},
+    "classes": {"image": "Cat and coffee (two classes)", "model": "efficientnet_lite0"},
+    "region": {"image": DEMO_WITH, "model": "bias_demo_biased"},
+    "sanity": {"image": "Chelsea the cat", "model": "efficientnet_lite0"},
+}
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """The image to explain: its name, its file's bytes and their hash (the cache key)."""
+
+    name: str
+    data: bytes
+    digest: str
+
+    @property
+    def is_demo(self) -> bool:
+        return self.name in (DEMO_WITH, DEMO_WITHOUT)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A zoo model by name, or a custom one from its architecture and uploaded files."""
+
+    name: str
+    architecture: str = ""
+    weights: bytes = b""
+    labels: bytes = b""
+
+    @property
+    def key(self) -> str:
+        """What identifies the model in the caches."""
+        if not self.architecture:
+            return self.name
+        return f"custom:{self.architecture}:{content_hash(self.weights)}:{content_hash(self.labels)}"
+
+
+# ----------------------------------------------------------------------------- caches of this page
+
+
+@st.cache_data(max_entries=2, show_spinner=False)
+def demo_png(with_cue: bool) -> bytes:
+    buffer = io.BytesIO()
+    demo_image(with_cue=with_cue).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the custom model…")
+def get_custom_model(architecture: str, key: str, _weights: bytes, _labels: bytes) -> ZooModel:
+    # Shared by every session like the zoo models; `key` carries the files' hashes.
+    return load_custom_model(architecture, _weights, _labels)
+
+
+@st.cache_data(max_entries=32, show_spinner="Explaining with both models…")
+def get_model_pair(
+    keys: tuple[str, str],
+    digest: str,
+    class_name: str | None,
+    methods: tuple[str, ...],
+    _models: tuple[ZooModel, ZooModel],
+    _image: Image.Image,
+) -> tuple[Panel, Panel]:
+    return compare_models(*_models, _image, methods, class_name)
+
+
+@st.cache_data(max_entries=32, show_spinner="Explaining both classes and their counterfactuals…")
+def get_class_pair(
+    key: str,
+    digest: str,
+    classes: tuple[str, str],
+    methods: tuple[str, ...],
+    _model: ZooModel,
+    _image: Image.Image,
+) -> tuple[Panel, Panel]:
+    return compare_classes(_model, _image, classes, methods)
+
+
+@st.cache_data(max_entries=32, show_spinner="Explaining…")
+def get_panel(
+    key: str,
+    digest: str,
+    class_name: str | None,
+    methods: tuple[str, ...],
+    _model: ZooModel,
+    _image: Image.Image,
+) -> Panel:
+    return explain_panel(_model, _image, methods, class_name)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def get_sanity(key: str, digest: str, steps: int, _model: ZooModel, _image: Image.Image) -> SanityResult:
+    x = _model.preprocess(_image)  # sanity_check takes the model's input; the zoo model knows its transform
+    return sanity_check(
+        _model.model, x, _model.default_layer, SANITY_METHODS, max_steps=steps, keep_maps=True
+    )
+
+
+# ----------------------------------------------------------------------------- sidebar
+
+
+def sidebar_image(section: str, label: str = "Image") -> ImageChoice | None:
+    samples = list_samples()
+    options = [DEMO_WITH, DEMO_WITHOUT, *samples, UPLOAD]
+    default = DEFAULTS[section]["image"]
+    pick = st.sidebar.selectbox(label, options, index=options.index(default), key=f"image:{section}")
+    if pick == UPLOAD:
+        upload = st.sidebar.file_uploader("Your image", type=UPLOAD_TYPES, key=f"upload:{section}")
+        if upload is None:
+            return None
+        data = upload.getvalue()
+        return ImageChoice(upload.name, data, content_hash(data))
+    data = demo_png(pick == DEMO_WITH) if pick in (DEMO_WITH, DEMO_WITHOUT) else samples[pick].read_bytes()
+    return ImageChoice(pick, data, content_hash(data))
+
+
+def sidebar_model(label: str, key: str, default: str) -> ModelChoice | None:
+    """A zoo model, or a custom one: architecture + weights file + class-names file."""
+    names = [*list_zoo(), CUSTOM]
+    pick = st.sidebar.selectbox(label, names, index=names.index(default), key=f"model:{key}")
+    if pick != CUSTOM:
+        return ModelChoice(pick)
+    archs = architectures()
+    with st.sidebar.container(border=True):
+        arch = st.selectbox(
+            "Architecture (torchvision name)", archs, index=archs.index("resnet18"), key=f"arch:{key}"
+        )
+        weights = st.file_uploader(
+            "Weights (.safetensors, or a state_dict .pt/.pth)",
+            type=["safetensors", "pt", "pth", "bin"],
+            key=f"weights:{key}",
+        )
+        labels = st.file_uploader(
+            "Class names (.txt, one per line, or a JSON list)", type=["txt", "json"], key=f"labels:{key}"
+        )
+    if weights is None or labels is None:
+        return None
+    return ModelChoice(CUSTOM, arch, weights.getvalue(), labels.getvalue())
+
+
+def sidebar_class(label: str, names: list[str], default: str | None, key: str) -> str | None:
+    """A class name picked from ``names`` (type to search); None means the model's top class."""
+    options = [TOP_CLASS, *dict.fromkeys(names)]  # ordered and without repeats
+    index = options.index(default) if default in options else 0
+    pick = st.sidebar.selectbox(label, options, index=index, key=key)
+    return None if pick == TOP_CLASS else pick
+
+
+# ----------------------------------------------------------------------------- loading, with errors shown
+
+
+def open_image(choice: ImageChoice | None) -> Image.Image | None:
+    if choice is None:
+        st.info("Upload an image in the sidebar, or pick the demo image or a sample.")
+        return None
+    try:
+        return get_image(choice.digest, choice.data)
+    except ExplainerInputError as error:
+        st.error(f"Cannot use {choice.name}: {error}")
+        return None
+
+
+def open_model(choice: ModelChoice | None, side: str = "") -> ZooModel | None:
+    where = f"{side}: " if side else ""
+    if choice is None:
+        st.info(f"{where}choose the custom model's architecture and upload its weights and class names.")
+        return None
+    try:
+        if choice.architecture:
+            return get_custom_model(choice.architecture, choice.key, choice.weights, choice.labels)
+        return get_model(choice.name, False)
+    except ExplainerInputError as error:
+        st.error(f"{where}{str(error).splitlines()[0]}")
+        if choice.architecture:
+            st.caption("Pick the architecture the weights were trained with, or other files, or a zoo model.")
+        return None
+
+
+def box_in_crop(zoo: ZooModel, image: Image.Image, box: Box) -> Box:
+    """Where a box drawn on the image lands in the model's crop (resize short side, centre crop)."""
+    scale = zoo.preprocess.resize / min(image.size)
+    offsets = (
+        (image.width * scale - zoo.preprocess.crop) / 2,
+        (image.height * scale - zoo.preprocess.crop) / 2,
+    )
+    x0, y0, x1, y1 = box
+    return (
+        round(x0 * scale - offsets[0]),
+        round(y0 * scale - offsets[1]),
+        round(x1 * scale - offsets[0]),
+        round(y1 * scale - offsets[1]),
+    )
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def picture(panel: Panel, method: str, counterfactual: bool = False, box: Box | None = None) -> np.ndarray:
+    """A map as shown: CAMs over the crop, guided maps in the papers' display; the box outlined."""
+    explanation = panel.counterfactual if counterfactual else panel.explanation
+    values = explanation.maps[method]
+    if METHODS[method].kind == "guided":
+        image = guided_to_image(values)
+    else:
+        image = overlay(np.asarray(panel.crop), to_numpy(values))
+    return image if box is None else draw_box(image, box)
+
+
+def title(method: str) -> str:
+    return METHODS[method].title or method
+
+
+def percent(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.1 else f"{share:.1%}"
+
+
+def render_input(panel: Panel, box: Box | None, caption: str) -> None:
+    crop = np.asarray(panel.crop)
+    st.image(crop if box is None else draw_box(crop, box), caption=caption, width="stretch")
+
+
+def render_model_side(panel: Panel, zoo: ZooModel, methods: tuple[str, ...], box: Box | None) -> None:
+    st.markdown(f"**{panel.model}**")
+    for method in methods:
+        st.image(
+            picture(panel, method, box=box),
+            caption=f"{title(method)} for “{panel.class_name}” (p = {panel.probability:.1%})",
+            width="stretch",
+        )
+        if method == "gradcam" and box is not None:  # the number right under the map it measures
+            st.metric("Grad-CAM energy in the tag's box", percent(gradcam_share(panel, box)))
+    if panel.predicted != panel.class_index:
+        st.caption(f"This model's top class here is “{zoo.labels[panel.predicted]}”.")
+
+
+def gradcam_share(panel: Panel, box: Box) -> float:
+    return box_shares({"gradcam": panel.explanation.maps["gradcam"]}, box)["gradcam"]
+
+
+def box_area(box: Box, size: tuple[int, int]) -> float:
+    (x0, y0, x1, y1), (width, height) = box, size
+    return max(0, min(x1, width) - max(x0, 0)) * max(0, min(y1, height) - max(y0, 0)) / (width * height)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def section_models() -> None:
+    st.sidebar.header("Models")
+    defaults = DEFAULTS["models"]
+    choices = (
+        sidebar_model("Left model", "left", defaults["left"]),
+        sidebar_model("Right model", "right", defaults["right"]),
+    )
+    st.sidebar.header("Image and class")
+    choice = sidebar_image("models")
+    guided = st.sidebar.toggle("Also guided Grad-CAM", key="models_guided")
+    models = (open_model(choices[0], "Left model"), open_model(choices[1], "Right model"))
+    image = open_image(choice)
+    if any(m is None for m in models) or image is None:
+        return
+    keys = (choices[0].key, choices[1].key)
+    class_name = sidebar_class(
+        "Class (by name, matched in both models)",
+        [*models[0].labels, *models[1].labels],
+        "stripes",
+        key=f"class:models:{keys[0]}:{keys[1]}",
+    )
+    if any(name.startswith("bias_demo") for name in keys):
+        st.info(DEMO_SENTENCE)
+    methods = ("gradcam", "guided_gradcam") if guided else ("gradcam",)
+    try:
+        panels = get_model_pair(keys, choice.digest, class_name, methods, models, image)
+    except ExplainerInputError as error:
+        st.error(str(error))
+        return
+    boxes = [box_in_crop(zoo, image, cue_box()) if choice.is_demo else None for zoo in models]
+    columns = st.columns(3)
+    with columns[0]:
+        st.markdown("**Input**")
+        caption = "the image as the left model sees it" + (", the tag's box outlined" if boxes[0] else "")
+        render_input(panels[0], boxes[0], caption)
+    for column, panel, zoo, box in zip(columns[1:], panels, models, boxes, strict=True):
+        with column:
+            render_model_side(panel, zoo, methods, box)
+    if boxes[0] is not None and boxes[1] is not None:
+        shares = [percent(gradcam_share(p, b)) for p, b in zip(panels, boxes, strict=True)]
+        area = percent(box_area(boxes[0], panels[0].crop.size))
+        st.markdown(
+            f"**{panels[0].model}** puts **{shares[0]}** of its Grad-CAM energy for “{panels[0].class_name}” "
+            f"in the tag's box, **{panels[1].model}** **{shares[1]}**; the box covers {area} of the image."
+        )
+
+
+def sidebar_label(label: str, labels: tuple[str, ...], default: str, fallback: int, key: str) -> str:
+    index = labels.index(default) if default in labels else min(fallback, len(labels) - 1)
+    return st.sidebar.selectbox(label, labels, index=index, key=key)
+
+
+def section_classes() -> None:
+    st.sidebar.header("Model and image")
+    model_choice = sidebar_model("Model", "classes", DEFAULTS["classes"]["model"])
+    choice = sidebar_image("classes")
+    zoo, image = open_model(model_choice), open_image(choice)
+    if zoo is None or image is None:
+        return
+    st.sidebar.header("Classes")
+    classes = (
+        sidebar_label("First class", zoo.labels, "Egyptian cat", 0, f"class1:{model_choice.key}"),
+        sidebar_label("Second class", zoo.labels, "espresso", 1, f"class2:{model_choice.key}"),
+    )
+    st.markdown(
+        "Grad-CAM shows what raises a class's score; its **counterfactual** map (negated gradients, "
+        "Grad-CAM paper §5.2) what lowers it: regions whose removal would make the model more sure."
+    )
+    try:
+        panels = get_class_pair(model_choice.key, choice.digest, classes, ("gradcam",), zoo, image)
+    except ExplainerInputError as error:
+        st.error(str(error))
+        return
+    for column, panel in zip(st.columns(2, gap="large"), panels, strict=True):
+        with column:
+            st.subheader(f"{panel.class_name} (p = {panel.probability:.1%})")
+            left, right = st.columns(2)
+            left.image(
+                picture(panel, "gradcam"), caption=f"Grad-CAM: for “{panel.class_name}”", width="stretch"
+            )
+            right.image(
+                picture(panel, "gradcam", counterfactual=True),
+                caption=f"Counterfactual: against “{panel.class_name}”",
+                width="stretch",
+            )
+
+
+def section_region() -> None:
+    st.sidebar.header("Model, image and class")
+    model_choice = sidebar_model("Model", "region", DEFAULTS["region"]["model"])
+    choice = sidebar_image("region")
+    zoo, image = open_model(model_choice), open_image(choice)
+    if zoo is None or image is None:
+        return
+    class_name = sidebar_class("Class", list(zoo.labels), "stripes", key=f"class:region:{model_choice.key}")
+    st.sidebar.header("Methods")
+    methods = st.sidebar.multiselect(
+        "Methods", list(REGION_METHODS), default=list(REGION_METHODS), format_func=title, key="region_methods"
+    )
+    if not methods:
+        st.info("Choose at least one method in the sidebar.")
+        return
+    try:
+        panel = get_panel(model_choice.key, choice.digest, class_name, tuple(methods), zoo, image)
+    except ExplainerInputError as error:
+        st.error(str(error))
+        return
+    size = panel.crop.size
+    preset = drawn_box(size) or (box_in_crop(zoo, image, cue_box()) if choice.is_demo else None)
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        box = region_sliders(size, preset)
+        st.plotly_chart(
+            region_figure(np.asarray(panel.crop), box),
+            width="stretch",
+            key=REGION_CHART,
+            on_select="rerun",
+            selection_mode="box",
+        )
+        st.caption(
+            f"Your box: x {box[0]}–{box[2]}, y {box[1]}–{box[3]} in the model's {size[0]}×{size[1]} crop. "
+            "Drag on the picture to draw a new box, or move the sliders."
+        )
+    with right:
+        render_shares(panel, methods, box)
+    columns = st.columns(len(methods))
+    for column, method in zip(columns, methods, strict=True):
+        column.image(picture(panel, method, box=box), caption=title(method), width="stretch")
+
+
+def drawn_box(size: tuple[int, int]) -> Box | None:
+    """The last box drawn on the picture, kept apart from the chart's own state: a new figure (the
+    box outline moves) may reset the chart's selection, and the box must outlive that."""
+    state = st.session_state.get(REGION_CHART) or {}
+    box = selection_box(state.get("selection") or {}, size)
+    if box is not None:
+        st.session_state[REGION_DRAWN] = box
+    return st.session_state.get(REGION_DRAWN)
+
+
+def region_sliders(size: tuple[int, int], preset: Box | None) -> Box:
+    """The box from two range sliders, in pixels of the model's crop.
+
+    The sliders' keys carry the preset (the tag's box, or a box drawn on the picture): a new
+    preset gets fresh sliders on it, without writing to a widget's state.
+    """
+    width, height = size
+    x0, y0, x1, y1 = preset or (width // 4, height // 4, 3 * width // 4, 3 * height // 4)
+    xs = st.slider(
+        "Box: x from … to", 0, width, (max(0, x0), min(width, x1)), key=f"region_x:{width}:{preset}"
+    )
+    ys = st.slider(
+        "Box: y from … to (0 is the top)",
+        0,
+        height,
+        (max(0, y0), min(height, y1)),
+        key=f"region_y:{height}:{preset}",
+    )
+    return (xs[0], ys[0], max(xs[1], xs[0] + 1), max(ys[1], ys[0] + 1))
+
+
+def render_shares(panel: Panel, methods: list[str], box: Box) -> None:
+    shares = box_shares({m: panel.explanation.maps[m] for m in methods}, box)
+    area = box_area(box, panel.crop.size)
+    st.markdown(
+        f"Share of each map's energy inside the box, for “{panel.class_name}” on **{panel.model}**. "
+        f"The box covers **{percent(area)}** of the image: a map blind to it would put about that much there."
+    )
+    for column, method in zip(st.columns(len(methods)), methods, strict=True):
+        column.metric(title(method), percent(shares[method]))
+    st.plotly_chart(shares_figure(shares, area), width="stretch", key="region_shares")
+
+
+def section_sanity() -> None:
+    st.sidebar.header("Model and image")
+    model_choice = sidebar_model("Model", "sanity", DEFAULTS["sanity"]["model"])
+    choice = sidebar_image("sanity")
+    steps = st.sidebar.slider(
+        "Layers to re-initialise",
+        1,
+        8,
+        4,
+        key="sanity_steps",
+        help="From the output back, one more layer (or block) at each step; each step costs one explanation.",
+    )
+    zoo, image = open_model(model_choice), open_image(choice)
+    if zoo is None or image is None:
+        return
+    st.markdown(
+        "Adebayo et al. (2018) destroy the model from the top down, layer by layer, and ask whether the "
+        "map changes. A map that explains the **model** must change; one that barely does mostly shows the "
+        "**image**. The chart gives each map's Spearman rank correlation with the original (1: unchanged)."
+    )
+    with st.spinner(f"Re-initialising {steps} layers of {zoo.name}, one explanation per step…"):
+        try:
+            result = get_sanity(model_choice.key, choice.digest, steps, zoo, image)
+        except ExplainerInputError as error:
+            st.error(str(error))
+            return
+    render_sanity_verdict(result)
+    st.plotly_chart(sanity_figure(result), width="stretch", key="sanity_chart")
+    render_sanity_maps(result, np.asarray(zoo.preprocess.crop_image(image)), zoo.labels[result.target])
+
+
+def render_sanity_verdict(result: SanityResult) -> None:
+    grad, guided = result.correlations["gradcam"], result.correlations["guided_backprop"]
+    measured = (
+        f"After re-initialising {plural(len(result.steps), 'layer')} from the top, Grad-CAM's map has rank "
+        f"correlation **ρ = {grad[-1]:.2f}** with the original (lowest {min(grad):.2f}), guided backprop's "
+        f"**ρ = {guided[-1]:.2f}** (lowest {min(guided):.2f})."
+    )
+    if max(grad[-1], min(grad)) < min(guided) - 0.3:
+        st.success(f"{measured} Grad-CAM changes with the model; guided backprop barely does.")
+    else:
+        st.warning(f"{measured} Here the two maps do not separate as the paper found; try more layers.")
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def render_sanity_maps(result: SanityResult, crop: np.ndarray, class_name: str) -> None:
+    names = ["original", *(f"after {name}" for name in result.step_names)]
+    shown = st.multiselect(
+        "Maps after the steps",
+        range(len(names)),
+        default=sorted({0, 1, len(names) - 1}),
+        format_func=names.__getitem__,
+        key=f"sanity_shown:{len(names)}",
+    )
+    st.caption(f"Maps for “{class_name}” (the original model's top class), kept for every step.")
+    for method in SANITY_METHODS:
+        st.markdown(f"**{title(method)}**")
+        columns = st.columns(max(4, len(shown)))
+        for column, index in zip(columns, sorted(shown), strict=False):
+            values = result.maps[method][index]
+            image = (
+                guided_to_image(values)
+                if METHODS[method].kind == "guided"
+                else overlay(crop, to_numpy(values))
+            )
+            rho = "" if index == 0 else f" · ρ = {result.correlations[method][index - 1]:.2f}"
+            column.image(image, caption=f"{names[index]}{rho}", width="stretch")
+
+
+def main() -> None:
+    st.set_page_config(page_title="CAM Explorer · Trust & bias", page_icon="⚖️", layout="wide")
+    st.title("Trust & bias")
+    st.caption(
+        "Does the model look at the evidence, or at a shortcut? Compare two models or two classes, "
+        "measure how much of a map falls in a region, and check that a map depends on the model at all."
+    )
+    st.sidebar.header("Section")
+    section = st.sidebar.radio(
+        "Section", list(SECTIONS), format_func=SECTIONS.get, key="section", label_visibility="collapsed"
+    )
+    {
+        "models": section_models,
+        "classes": section_classes,
+        "region": section_region,
+        "sanity": section_sanity,
+    }[section]()
+
+
+main()
