@@ -532,3 +532,16 @@ def score_faithfulness(
         )
         for name, score in scores.items()
     }
+
+
+def sweep_methods() -> list[str]:
+    """The CAMs offered for a layer sweep: gradient CAMs, which apply at any layer
+    (CAM needs GAP + linear right after the layer; Score-CAM is too slow for five layers)."""
+    return [
+        name for name in method_options() if METHODS[name].kind == "cam" and name not in ("cam", "scorecam")
+    ]
+
+
+def model_view(zoo_model: ZooModel, image: Image.Image) -> np.ndarray:
+    """The crop the model sees, (H, W, 3) uint8: the input panel when no explanation is at hand."""
+    return np.asarray(zoo_model.preprocess.crop_image(image), dtype=np.uint8)
