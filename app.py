@@ -394,6 +394,7 @@ def render_scorecam(
         result = run_scorecam(slot, key, request, image, max_channels)
     if result is None:
         return
+    slot.empty()  # the progress bar and Stop button of a run that just finished would linger
     with slot.container():
         picture = service.render_panel(result, SCORECAM, display.colormap, display.opacity)
         st.image(picture, caption=result.caption(SCORECAM), width="stretch")
@@ -430,7 +431,7 @@ def run_scorecam(
             st.button("Run Score-CAM", key="scorecam_run", on_click=_ask_scorecam, args=(key,))
             return None
         bar = st.progress(0.0, text="Score-CAM: starting…")
-        st.button("Stop", key="scorecam_stop", on_click=_stop_scorecam, args=(key,))
+        st.button("Stop Score-CAM", key="scorecam_stop", on_click=_stop_scorecam, args=(key,))
 
     def progress(done: int, total: int) -> bool:
         # Drawing the bar is also where Streamlit interrupts this run when Stop is clicked.
