@@ -449,8 +449,7 @@ def run_scorecam(
         )
     except Cancelled:
         _stop_scorecam(key)
-        slot.info("Score-CAM stopped.")
-        return None
+        st.rerun()  # redraw the panel as stopped: its cost, the message and the Run button
     except ExplainerInputError as error:
         st.session_state[SCORECAM_REQUEST] = None
         slot.error(f"Score-CAM: {error}")

@@ -293,8 +293,7 @@ def test_stopping_scorecam_keeps_the_other_maps(monkeypatch):
     assert [i.value for i in at.info] == ["Score-CAM stopped."]
     assert any(c.startswith("Grad-CAM · ") for c in captions(at))
     assert not any(c.startswith("Score-CAM · ") for c in captions(at))
-    at.run()  # the page offers the run again
-    assert at.button(key="scorecam_run") and "Score-CAM stopped." in [i.value for i in at.info]
+    assert at.button(key="scorecam_run"), "the page offers the run again"
 
 
 def test_top5_classes_come_in_one_section_when_opened(monkeypatch):
