@@ -7,22 +7,45 @@ inputs, so returning to an earlier choice is instant and display changes never r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
+import numpy as np
 import streamlit as st
 from PIL import Image
+from streamlit.delta_generator import DeltaGenerator
 
-from app_cache import get_explanation, get_image, get_model, get_predictions
+from app_cache import (
+    get_explanation,
+    get_faithfulness,
+    get_image,
+    get_model,
+    get_predictions,
+    get_scorecam_plan,
+    get_sweep,
+    get_top_classes,
+    load_custom,
+    scorecam_results,
+)
 from explainers import ExplainerInputError, service
+from explainers.errors import Cancelled
 from explainers.figures import heatmap_figure, predictions_figure
+from explainers.plots import curves_figure
 from explainers.render import COLORMAPS
 from explainers.samples import list_samples
-from explainers.service import ExplanationResult, Prediction
+from explainers.service import ExplanationResult, FaithfulnessScore, Prediction
 from models_zoo import ZooModel, list_zoo
+from models_zoo.custom import architectures
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
+WEIGHT_TYPES = ["safetensors", "pt", "pth", "bin"]
+LABEL_TYPES = ["txt", "json"]
+CUSTOM = "Custom (upload)"  # the classifier choice that reveals the uploaders
 PANELS_PER_ROW = 4
 OTHER_CLASS = -1  # the "another class" choice of the class radio
+SCORECAM = "scorecam"
+# Score-CAM's run request and stop, in st.session_state: the Run button's click asks for a run
+# (it survives reruns caused by other widgets, which restart it); Stop withdraws it.
+SCORECAM_REQUEST, SCORECAM_STOPPED = "scorecam_request", "scorecam_stopped"
 
 # Widgets whose options depend on the model (layers) or on the image and model (the top 5) carry
 # that context in their key: a new context gets a fresh widget on its defaults (the recommended
@@ -37,6 +60,36 @@ class ImageChoice:
     name: str
     data: bytes
     digest: str
+
+
+@dataclass(frozen=True)
+class CustomUpload:
+    """A user's fine-tuned classifier: a torchvision architecture, weights and class-name files."""
+
+    architecture: str
+    weights: bytes
+    labels: bytes
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """The sidebar's model choice: a zoo name, or `CUSTOM` with its uploads (None until both are in)."""
+
+    name: str
+    random_weights: bool
+    custom: CustomUpload | None = None
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """What every computation on this page is keyed by; `model` is the cache name of the model."""
+
+    digest: str
+    model: str
+    random_weights: bool
+    layer: str
+    target: int
+    counterfactual: bool
 
 
 @dataclass(frozen=True)
@@ -68,15 +121,37 @@ def sidebar_image() -> ImageChoice:
     return ImageChoice(sample, data, service.content_hash(data))
 
 
-def sidebar_model() -> tuple[str, bool]:
+def sidebar_model() -> ModelRequest:
     st.sidebar.header("Model")
-    name = st.sidebar.selectbox("Classifier", list_zoo(), key="model")
+    name = st.sidebar.selectbox("Classifier", [*list_zoo(), CUSTOM], key="model")
+    if name == CUSTOM:
+        return ModelRequest(CUSTOM, False, sidebar_custom())
     random_weights = st.sidebar.toggle(
         "Random weights (sanity check)",
         key="random_weights",
         help="Untrained weights: a faithful method's maps should turn to noise (Adebayo et al. 2018).",
     )
-    return name, random_weights
+    return ModelRequest(name, random_weights)
+
+
+def sidebar_custom() -> CustomUpload | None:
+    names = architectures()
+    architecture = st.sidebar.selectbox(
+        "Architecture",
+        names,
+        index=names.index("resnet18") if "resnet18" in names else 0,
+        key="custom_architecture",
+        help="The torchvision model name your weights were trained with.",
+    )
+    weights = st.sidebar.file_uploader(
+        "Weights (safetensors or state_dict)", type=WEIGHT_TYPES, key="custom_weights"
+    )
+    labels = st.sidebar.file_uploader(
+        "Class names (one per line, or a JSON list)", type=LABEL_TYPES, key="custom_labels"
+    )
+    if weights is None or labels is None:
+        return None
+    return CustomUpload(architecture, weights.getvalue(), labels.getvalue())
 
 
 def sidebar_layer(zoo_model: ZooModel) -> str:
@@ -130,6 +205,31 @@ def sidebar_methods() -> list[str]:
     )
 
 
+def sidebar_scorecam(methods: list[str]) -> int | None:
+    """Score-CAM's channel limit: None scores every channel (exact), else an approximation."""
+    if SCORECAM not in methods:
+        return None
+    approximate = st.sidebar.toggle(
+        "Score-CAM approximation",
+        value=True,
+        key="scorecam_approximation",
+        help="Score only the channels with the largest Grad-CAM weights: far fewer forward passes, "
+        "but the map is an approximation of Score-CAM.",
+    )
+    if not approximate:
+        return None
+    return st.sidebar.slider("Channels scored (approximation)", 8, 256, 32, 8, key="scorecam_channels")
+
+
+def sidebar_scores() -> bool:
+    return st.sidebar.toggle(
+        "Faithfulness scores",
+        key="faithfulness",
+        help="Under each map: Average Drop and Increase in Confidence (Grad-CAM++ paper) and the "
+        "deletion/insertion AUC (RISE). Costs a few dozen forward passes per map.",
+    )
+
+
 def sidebar_display() -> Display:
     st.sidebar.header("Display")
     colormap = st.sidebar.selectbox("Colormap", list(COLORMAPS), key="colormap")
@@ -149,47 +249,93 @@ def open_image(choice: ImageChoice) -> Image.Image | None:
         return None
 
 
-def open_model(name: str, random_weights: bool) -> ZooModel | None:
+def open_model(request: ModelRequest) -> tuple[tuple[str, bool], ZooModel] | None:
+    """The model's cache name and random-weights flag, and the model; None (with a message) on failure."""
     try:
-        return get_model(name, random_weights)
+        if request.name != CUSTOM:
+            return (request.name, request.random_weights), get_model(request.name, request.random_weights)
+        if request.custom is None:
+            st.info("Upload your model's weights and its class names in the sidebar (Model).")
+            return None
+        upload = request.custom
+        name = load_custom(upload.architecture, upload.weights, upload.labels)
+        return (name, False), get_model(name, False)
+    except (ExplainerInputError, RuntimeError) as error:
+        # A user's file can fail in ways we did not foresee: one line, and the page goes on.
+        st.error(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return None
+
+
+def explain(request: ExplainRequest, image: Image.Image, methods: list[str]) -> ExplanationResult | None:
+    try:
+        return get_explanation(
+            request.digest,
+            request.model,
+            request.random_weights,
+            request.layer,
+            request.target,
+            tuple(methods),
+            request.counterfactual,
+            image,
+        )
     except ExplainerInputError as error:
         st.error(str(error))
         return None
 
 
-def explain(
-    choice: ImageChoice,
-    image: Image.Image,
-    model: tuple[str, bool],
-    layer: str,
-    target: int,
-    methods: list[str],
-    counterfactual: bool,
-) -> ExplanationResult | None:
+def scores_of(
+    request: ExplainRequest, image: Image.Image, result: ExplanationResult, key: tuple
+) -> dict[str, FaithfulnessScore]:
+    methods = tuple(result.methods("cam"))
+    if not methods:
+        return {}
     try:
-        return get_explanation(choice.digest, *model, layer, target, tuple(methods), counterfactual, image)
+        return get_faithfulness(key, request.model, request.random_weights, methods, image, result)
     except ExplainerInputError as error:
         st.error(str(error))
-        return None
+        return {}
 
 
 # ----------------------------------------------------------------------------- rendering
 
 
-def render_panels(result: ExplanationResult, image_name: str, display: Display) -> None:
-    height, width = result.image.shape[:2]
-    cams = result.methods("cam")
-    panels = [("input", f"{image_name} as {result.model} sees it ({width}×{height})")]
-    panels += [(name, result.caption(name)) for name in cams]
+def render_panels(
+    result: ExplanationResult | None,
+    view: np.ndarray,
+    image_name: str,
+    model_name: str,
+    display: Display,
+    scores: dict[str, FaithfulnessScore],
+    scorecam: bool,
+) -> DeltaGenerator | None:
+    """The input and one overlay per CAM; returns Score-CAM's empty slot (filled last) if asked."""
+    height, width = view.shape[:2]
+    panels: list[tuple[str, str]] = [("input", f"{image_name} as {model_name} sees it ({width}×{height})")]
+    if result is not None:
+        panels += [(name, result.caption(name)) for name in result.methods("cam")]
+    if scorecam:
+        panels.append((SCORECAM, ""))
+    slot = None
     for start in range(0, len(panels), PANELS_PER_ROW):
         columns = st.columns(PANELS_PER_ROW)
         for column, (name, caption) in zip(columns, panels[start : start + PANELS_PER_ROW], strict=False):
+            if name == SCORECAM:
+                slot = column.empty()
+                continue
             picture = (
-                result.image
+                view
                 if name == "input"
                 else service.render_panel(result, name, display.colormap, display.opacity)
             )
             column.image(picture, caption=caption, width="stretch")
+            if name in scores:
+                column.caption(scores[name].summary())
+    if result is not None:
+        render_guided(result)
+    return slot
+
+
+def render_guided(result: ExplanationResult) -> None:
     guided = result.methods("guided")
     if guided:
         st.subheader("Guided maps")
@@ -200,6 +346,201 @@ def render_panels(result: ExplanationResult, image_name: str, display: Display) 
             )
     for name, message in result.errors.items():
         st.warning(f"{service.method_title(name)}: {message}")
+
+
+def render_curves(scores: dict[str, FaithfulnessScore], class_name: str) -> None:
+    curves = {name: score.curves for name, score in scores.items() if score.curves}
+    if not curves:
+        return
+    with st.expander("Deletion and insertion curves"):
+        st.caption(
+            "Pixels ranked by each map are deleted (left) or inserted into a blurred image (right), "
+            "most salient first; the curve is the class probability. A faithful map drops fast "
+            f"when deleting and rises fast when inserting ({service.FAITHFULNESS_STEPS} steps)."
+        )
+        st.plotly_chart(curves_figure(curves, class_name), width="stretch", key="curves_chart")
+
+
+# ----------------------------------------------------------------------------- Score-CAM, with progress
+
+
+def _ask_scorecam(key: tuple) -> None:
+    st.session_state[SCORECAM_REQUEST] = key
+    st.session_state[SCORECAM_STOPPED] = None
+
+
+def _stop_scorecam(key: tuple) -> None:
+    # Runs at the start of the rerun the click causes: that rerun has already interrupted the
+    # running script (at its next progress update), so only the request is left to withdraw.
+    st.session_state[SCORECAM_REQUEST] = None
+    st.session_state[SCORECAM_STOPPED] = key
+
+
+def render_scorecam(
+    slot: DeltaGenerator,
+    request: ExplainRequest,
+    image: Image.Image,
+    max_channels: int | None,
+    display: Display,
+    show_scores: bool,
+) -> None:
+    """Score-CAM's panel: its cost first, then a run with a progress bar and a Stop button."""
+    if request.counterfactual:
+        slot.warning("Score-CAM has no counterfactual variant (it uses no gradients).")
+        return
+    key = (request.digest, request.model, request.random_weights, request.layer, request.target, max_channels)
+    result = scorecam_results().get(key)
+    if result is None:
+        result = run_scorecam(slot, key, request, image, max_channels)
+    if result is None:
+        return
+    slot.empty()  # the progress bar and Stop button of a run that just finished would linger
+    with slot.container():
+        picture = service.render_panel(result, SCORECAM, display.colormap, display.opacity)
+        st.image(picture, caption=result.caption(SCORECAM), width="stretch")
+        if show_scores:
+            scores = scores_of(request, image, result, (*key, SCORECAM))
+            if SCORECAM in scores:
+                st.caption(scores[SCORECAM].summary())
+
+
+def run_scorecam(
+    slot: DeltaGenerator, key: tuple, request: ExplainRequest, image: Image.Image, max_channels: int | None
+) -> ExplanationResult | None:
+    """Say what Score-CAM will cost; run it when asked, with progress; None until it is done."""
+    try:
+        plan = get_scorecam_plan(
+            request.digest,
+            request.model,
+            request.random_weights,
+            request.layer,
+            request.target,
+            max_channels,
+            image,
+        )
+    except ExplainerInputError as error:
+        slot.error(f"Score-CAM: {error}")
+        return None
+    with slot.container():
+        kind = f"approximation: {max_channels} channels" if max_channels else "exact"
+        st.markdown(f"**Score-CAM** ({kind})")
+        st.caption(f"Score-CAM will take {plan.passes} forward passes (batches of {plan.batch_size}).")
+        if st.session_state.get(SCORECAM_REQUEST) != key:
+            if st.session_state.get(SCORECAM_STOPPED) == key:
+                st.info("Score-CAM stopped.")
+            st.button("Run Score-CAM", key="scorecam_run", on_click=_ask_scorecam, args=(key,))
+            return None
+        bar = st.progress(0.0, text="Score-CAM: starting…")
+        st.button("Stop Score-CAM", key="scorecam_stop", on_click=_stop_scorecam, args=(key,))
+
+    def progress(done: int, total: int) -> bool:
+        # Drawing the bar is also where Streamlit interrupts this run when Stop is clicked.
+        bar.progress(done / total if total else 1.0, text=f"Score-CAM: {done} of {total} forward passes")
+        return st.session_state.get(SCORECAM_REQUEST) == key
+
+    try:
+        result = service.run_scorecam(
+            get_model(request.model, request.random_weights),
+            image,
+            request.layer,
+            request.target,
+            max_channels,
+            progress,
+        )
+    except Cancelled:
+        _stop_scorecam(key)
+        st.rerun()  # redraw the panel as stopped: its cost, the message and the Run button
+    except ExplainerInputError as error:
+        st.session_state[SCORECAM_REQUEST] = None
+        slot.error(f"Score-CAM: {error}")
+        return None
+    st.session_state[SCORECAM_REQUEST] = None
+    scorecam_results().put(key, result)
+    return result
+
+
+# ----------------------------------------------------------------------------- many classes, many layers
+
+
+def render_top_classes(
+    request: ExplainRequest, image: Image.Image, methods: list[str], display: Display
+) -> None:
+    expander = st.expander("Top-5 classes", key="top5_open", on_change="rerun")
+    with expander:
+        if not expander.open:  # computed only once opened: the default page stays fast
+            return
+        cams = [m for m in methods if m in service.sweep_methods()]
+        method = cams[0] if cams else "gradcam"
+        try:
+            maps = get_top_classes(
+                request.digest,
+                request.model,
+                request.random_weights,
+                request.layer,
+                method,
+                request.counterfactual,
+                image,
+            )
+        except ExplainerInputError as error:
+            st.error(str(error))
+            return
+        st.caption(
+            f"{service.method_title(method)} for each of the top {len(maps.classes)} classes, from one "
+            f"forward pass and one batched backward pass ({maps.seconds:.2f} s)."
+        )
+        columns = st.columns(len(maps.classes))
+        for column, prediction, values in zip(columns, maps.classes, maps.maps, strict=True):
+            picture = service.render_map(maps.image, values, display.colormap, display.opacity)
+            column.image(
+                picture, caption=f"{prediction.label} · {prediction.probability:.1%}", width="stretch"
+            )
+
+
+def render_sweep(request: ExplainRequest, image: Image.Image, display: Display) -> None:
+    expander = st.expander("Layer sweep: coarse versus fine", key="sweep_open", on_change="rerun")
+    with expander:
+        if not expander.open:
+            return
+        options = service.sweep_methods()
+        left, right = st.columns([1, 2])
+        method = left.selectbox(
+            "Method",
+            options,
+            index=options.index("gradcam") if "gradcam" in options else 0,
+            format_func=service.method_title,
+            key="sweep_method",
+            help="LayerCAM keeps its detail at shallow layers; Grad-CAM's averaged gradients blur there.",
+        )
+        fuse = right.toggle("Add the fused map (LayerCAM's fusion of all layers)", key="sweep_fuse")
+        try:
+            sweep = get_sweep(
+                request.digest,
+                request.model,
+                request.random_weights,
+                method,
+                request.target,
+                request.counterfactual,
+                fuse,
+                image,
+            )
+        except ExplainerInputError as error:
+            st.error(str(error))
+            return
+        st.caption(
+            f"{service.method_title(method)} for {sweep.target.label} at the end of each stage, shallow "
+            f"to deep, from one forward and one backward pass ({sweep.seconds:.2f} s): shallow layers "
+            "give fine maps, deep ones coarse but class-specific."
+        )
+        panels = [
+            (f"{layer} · {h}×{w}", values)
+            for layer, (h, w), values in zip(sweep.layers, sweep.sizes, sweep.maps, strict=True)
+        ]
+        if sweep.fused is not None:
+            panels.append(("fused (all layers)", sweep.fused))
+        columns = st.columns(len(panels))
+        for column, (caption, values) in zip(columns, panels, strict=True):
+            picture = service.render_map(sweep.image, values, display.colormap, display.opacity)
+            column.image(picture, caption=caption, width="stretch")
 
 
 def render_predictions(predictions: list[Prediction], target: int) -> None:
@@ -250,33 +591,47 @@ def main() -> None:
     )
 
     choice = sidebar_image()
-    model = sidebar_model()
+    model_request = sidebar_model()
     image = open_image(choice)
-    zoo_model = open_model(*model)
+    opened = open_model(model_request)
+    model, zoo_model = opened if opened else (None, None)
     layer = sidebar_layer(zoo_model) if zoo_model else None
     predictions = get_predictions(choice.digest, *model, image) if zoo_model and image else None
-    context = f"{choice.digest[:16]}:{model[0]}:{model[1]}"
+    context = f"{choice.digest[:16]}:{model[0]}:{model[1]}" if model else ""
     target, counterfactual = (
         sidebar_class(predictions, zoo_model.labels, context) if predictions else (None, False)
     )
     methods = sidebar_methods()
+    max_channels = sidebar_scorecam(methods)
+    show_scores = sidebar_scores()
     display = sidebar_display()
     if predictions is None:
         return
     if not methods:
         st.info("Choose at least one method in the sidebar.")
         return
-    result = explain(choice, image, model, layer, target, methods, counterfactual)
-    if result is None:
+    request = ExplainRequest(choice.digest, *model, layer, target, counterfactual)
+    # Score-CAM runs apart from the cached explanation: it shows a progress bar and can be stopped.
+    others = [m for m in methods if m != SCORECAM]
+    result = explain(request, image, others) if others else None
+    if others and result is None:
         return
-    render_panels(result, choice.name, display)
-    render_status(result)
-    left, right = st.columns([2, 3])
-    with left:
-        render_predictions(predictions, result.target)
-    with right:
-        if result.maps:  # empty when every chosen method was refused (see the warnings)
-            render_inspector(result, display)
+    scores = scores_of(request, image, result, (*astuple(request), *others)) if show_scores and result else {}
+    view = result.image if result else service.model_view(zoo_model, image)
+    slot = render_panels(result, view, choice.name, zoo_model.name, display, scores, SCORECAM in methods)
+    if result is not None:
+        render_status(result)
+        render_curves(scores, result.target_label)
+        left, right = st.columns([2, 3])
+        with left:
+            render_predictions(predictions, result.target)
+        with right:
+            if result.maps:  # empty when every chosen method was refused (see the warnings)
+                render_inspector(result, display)
+    render_top_classes(request, image, methods, display)
+    render_sweep(request, image, display)
+    if slot is not None:  # last: the rest of the page is drawn while Score-CAM runs
+        render_scorecam(slot, request, image, max_channels, display, show_scores)
 
 
 if __name__ == "__main__":

@@ -6,18 +6,91 @@ sessions cannot interfere.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
 import streamlit as st
 from PIL import Image
 
-from explainers import service
-from explainers.service import ExplanationResult, Prediction
-from models_zoo import ZooModel, load_model
+from explainers import ExplainerInputError, service
+from explainers.service import (
+    ClassMaps,
+    ExplanationResult,
+    FaithfulnessScore,
+    LayerMaps,
+    Prediction,
+    ScorePlan,
+)
+from models_zoo import ZooModel, load_custom_model, load_model
+
+CUSTOM_PREFIX = "custom:"  # model names of uploaded models, e.g. "custom:resnet18:<hashes>"
+
+V = TypeVar("V")
+
+
+class BoundedStore(Generic[V]):
+    """A thread-safe dict that forgets its least recently used entries beyond `size`.
+
+    For results that cannot come from an `st.cache_data` function (Score-CAM draws a progress
+    bar while it runs; uploaded models are built from files), shared by every session.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> V | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+            return self._items.get(key)
+
+    def put(self, key: Hashable, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def get_model(name: str, random_weights: bool) -> ZooModel:
+def _zoo_model(name: str, random_weights: bool) -> ZooModel:
     # Shared by every session; explanations lock the model while they run (see service).
     return load_model(name, weights=None if random_weights else "default")
+
+
+@st.cache_resource
+def custom_models() -> BoundedStore[ZooModel]:
+    # A few uploaded models at a time: each holds its weights in memory.
+    return BoundedStore(3)
+
+
+def get_model(name: str, random_weights: bool) -> ZooModel:
+    """A zoo model by name, or an uploaded one by the name `load_custom` gave it."""
+    if name.startswith(CUSTOM_PREFIX):
+        model = custom_models().get(name)
+        if model is None:
+            raise ExplainerInputError("The uploaded model is no longer loaded; upload its files again.")
+        return model
+    return _zoo_model(name, random_weights)
+
+
+def load_custom(architecture: str, weights: bytes, labels: bytes) -> str:
+    """Build an uploaded model once per (architecture, files) and return its model name.
+
+    Raises:
+        CustomModelError: the files do not make a model (see `models_zoo.custom`).
+    """
+    digests = f"{service.content_hash(weights)[:16]}:{service.content_hash(labels)[:16]}"
+    name = f"{CUSTOM_PREFIX}{architecture}:{digests}"
+    store = custom_models()
+    if store.get(name) is None:
+        with st.spinner("Loading your model…"):
+            store.put(name, load_custom_model(architecture, weights, labels, name=f"{architecture} (custom)"))
+    return name
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -44,3 +117,64 @@ def get_explanation(
 ) -> ExplanationResult:
     zoo_model = get_model(model, random_weights)
     return service.run_explanation(zoo_model, _image, layer, methods, target, counterfactual)
+
+
+@st.cache_data(max_entries=64, show_spinner="Counting Score-CAM's forward passes…")
+def get_scorecam_plan(
+    digest: str,
+    model: str,
+    random_weights: bool,
+    layer: str,
+    target: int,
+    max_channels: int | None,
+    _image: Image.Image,
+) -> ScorePlan:
+    return service.scorecam_plan(get_model(model, random_weights), _image, layer, target, max_channels)
+
+
+@st.cache_resource
+def scorecam_results() -> BoundedStore[ExplanationResult]:
+    # Score-CAM runs outside st.cache_data (it draws a progress bar); its results land here,
+    # keyed like the explanations, plus max_channels.
+    return BoundedStore(32)
+
+
+@st.cache_data(max_entries=32, show_spinner="Explaining the top classes…")
+def get_top_classes(
+    digest: str,
+    model: str,
+    random_weights: bool,
+    layer: str,
+    method: str,
+    counterfactual: bool,
+    _image: Image.Image,
+) -> ClassMaps:
+    return service.top_classes(get_model(model, random_weights), _image, layer, method, 5, counterfactual)
+
+
+@st.cache_data(max_entries=32, show_spinner="Sweeping the layers…")
+def get_sweep(
+    digest: str,
+    model: str,
+    random_weights: bool,
+    method: str,
+    target: int,
+    counterfactual: bool,
+    fuse: bool,
+    _image: Image.Image,
+) -> LayerMaps:
+    zoo_model = get_model(model, random_weights)
+    return service.layer_sweep(zoo_model, _image, method, target, counterfactual, fuse)
+
+
+@st.cache_data(max_entries=64, show_spinner="Scoring faithfulness (batched forward passes)…")
+def get_faithfulness(
+    key: tuple,
+    model: str,
+    random_weights: bool,
+    methods: tuple[str, ...],
+    _image: Image.Image,
+    _result: ExplanationResult,
+) -> dict[str, FaithfulnessScore]:
+    # `key` names the explanation `_result` came from (its cache key).
+    return service.score_faithfulness(get_model(model, random_weights), _image, _result, methods)

@@ -26,7 +26,10 @@ from explainers.core import METHODS, Evidence, get_method
 from explainers.errors import ExplainerInputError, MethodError
 from explainers.guided import guided_to_image
 from explainers.images import content_hash, load_image
+from explainers.metrics import faithfulness
+from explainers.multi import explain_classes, fuse_layers, stage_ends, sweep
 from explainers.render import overlay, to_numpy
+from explainers.score import Progress, ScoreOptions, default_batch_size, scorecam_passes
 from models_zoo import ZooModel
 
 # Models see crops of a few hundred pixels; a larger working copy only costs memory and time.
@@ -37,8 +40,12 @@ DEFAULT_METHODS = ("gradcam", "gradcam++", "layercam", "guided_backprop", "guide
 
 __all__ = [
     "DEFAULT_METHODS",
+    "ClassMaps",
     "ExplanationResult",
+    "FaithfulnessScore",
+    "LayerMaps",
     "Prediction",
+    "ScorePlan",
     "content_hash",
     "default_methods",
     "device_name",
@@ -48,7 +55,13 @@ __all__ = [
     "predict",
     "prepare_image",
     "render_panel",
+    "render_map",
     "run_explanation",
+    "run_scorecam",
+    "scorecam_plan",
+    "score_faithfulness",
+    "top_classes",
+    "layer_sweep",
     "to_npy",
     "to_npz",
     "to_png",
@@ -82,6 +95,7 @@ class ExplanationResult:
         errors: method -> why it does not apply here (e.g. CAM at a layer not followed by GAP).
         seconds: wall time of the computation.
         device: where it ran, "CPU" or the GPU's name.
+        notes: method -> a remark shown in its caption, e.g. that Score-CAM's map is an approximation.
     """
 
     model: str
@@ -97,6 +111,7 @@ class ExplanationResult:
     errors: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     device: str = "CPU"
+    notes: dict[str, str] = field(default_factory=dict)
 
     def kind(self, method: str) -> str:
         """How a method's map is shown: "cam" (a heat map) or "guided" (an RGB gradient)."""
@@ -109,6 +124,8 @@ class ExplanationResult:
     def caption(self, method: str) -> str:
         """Names the method, class and probability, e.g. "Grad-CAM · tabby · 45.2%"."""
         text = f"{method_title(method)} · {self.target_label} · {self.target_probability:.1%}"
+        if method in self.notes:
+            text = f"{text} · {self.notes[method]}"
         return f"{text} · counterfactual" if self.counterfactual else text
 
 
@@ -178,6 +195,7 @@ def run_explanation(
     methods: Sequence[str],
     target: int | None = None,
     counterfactual: bool = False,
+    options: dict[str, object] | None = None,
 ) -> ExplanationResult:
     """Explain one class of one image with several methods, sharing their passes.
 
@@ -191,9 +209,11 @@ def run_explanation(
         methods: names from `METHODS`.
         target: the class to explain; None explains the predicted class.
         counterfactual: explain what lowers the class score.
+        options: method options, e.g. Score-CAM's ``max_channels`` and ``progress``.
 
     Raises:
         ExplainerInputError: no method chosen, an unknown method or layer, a class out of range.
+        Cancelled: Score-CAM's progress callback returned False.
     """
     names = list(dict.fromkeys(methods))
     if not names:
@@ -208,7 +228,7 @@ def run_explanation(
     raw: dict[str, np.ndarray] = {}
     errors: dict[str, str] = {}
     with _model_lock(zoo_model.model):
-        evidence = Evidence(zoo_model.model, x, [layer], targets, counterfactual)
+        evidence = Evidence(zoo_model.model, x, [layer], targets, counterfactual, options=options)
         for name in names:
             try:
                 raw_k, map_k = evidence.result(name, layer)
@@ -232,7 +252,15 @@ def run_explanation(
         errors=errors,
         seconds=time.perf_counter() - start,
         device=device_name(evidence.device),
+        notes=_notes(evidence, layer),
     )
+
+
+def _notes(evidence: Evidence, layer: str) -> dict[str, str]:
+    run = evidence.extras.get("scorecam", {}).get(layer)
+    if run is None or run.approximation is None:
+        return {}
+    return {"scorecam": f"approximation ({run.channels} of {run.layer_channels} channels)"}
 
 
 def render_panel(
@@ -284,3 +312,236 @@ def to_npz(result: ExplanationResult) -> bytes:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- Score-CAM, with progress
+
+
+class ScorePlan(NamedTuple):
+    """What a Score-CAM request will cost, told to the user before it starts."""
+
+    passes: int  # masked images to score (forward passes of one image each)
+    batch_size: int  # masked images per batched forward pass
+
+
+def _score_options(max_channels: int | None, progress: Progress | None = None) -> dict[str, object]:
+    return {"max_channels": max_channels, "progress": progress}
+
+
+def scorecam_plan(
+    zoo_model: ZooModel, image: Image.Image, layer: str, target: int, max_channels: int | None = None
+) -> ScorePlan:
+    """How many forward passes Score-CAM will take on this image, layer and class.
+
+    Costs one forward pass (and a backward pass to the layer with ``max_channels``).
+    """
+    x = zoo_model.preprocess(image)
+    with _model_lock(zoo_model.model):
+        passes = scorecam_passes(zoo_model.model, x, layer, target, options=_score_options(max_channels))
+    batch = ScoreOptions().batch_size or default_batch_size(x.to(zoo_model.device))
+    return ScorePlan(passes, batch)
+
+
+def run_scorecam(
+    zoo_model: ZooModel,
+    image: Image.Image,
+    layer: str,
+    target: int,
+    max_channels: int | None = None,
+    progress: Progress | None = None,
+) -> ExplanationResult:
+    """Score-CAM alone, reporting progress: its masked passes take seconds to minutes on a CPU.
+
+    Args:
+        zoo_model, image, layer, target: as for `run_explanation`.
+        max_channels: score only this many channels (an approximation, said so in the caption).
+        progress: called as progress(done, total) after each batch; returning False stops.
+
+    Raises:
+        Cancelled: ``progress`` returned False.
+    """
+    return run_explanation(
+        zoo_model, image, layer, ["scorecam"], target, options=_score_options(max_channels, progress)
+    )
+
+
+# ----------------------------------------------------------------------------- many classes, many layers
+
+
+@dataclass(frozen=True)
+class ClassMaps:
+    """One method's maps for several classes of one image (from one forward + one backward).
+
+    Attributes:
+        method: the method's name.
+        image: the crop the model saw, (H, W, 3) uint8.
+        classes: the explained classes, most probable first.
+        maps: one (H, W) map in [0, 1] per class.
+        seconds: wall time of the computation.
+    """
+
+    method: str
+    image: np.ndarray
+    classes: list[Prediction]
+    maps: list[np.ndarray]
+    seconds: float
+
+
+def top_classes(
+    zoo_model: ZooModel, image: Image.Image, layer: str, method: str, k: int = 5, counterfactual: bool = False
+) -> ClassMaps:
+    """A CAM for each of the k most probable classes, from one forward and one batched backward."""
+    k = min(k, len(zoo_model.labels))
+    x = zoo_model.preprocess(image)
+    crop = np.asarray(zoo_model.preprocess.crop_image(image), dtype=np.uint8)
+    with _model_lock(zoo_model.model):
+        explanations = explain_classes(zoo_model.model, x, layer, [method], k, counterfactual)
+    probabilities = explanations[0].probabilities
+    classes = [
+        Prediction(e.target, zoo_model.labels[e.target], float(probabilities[e.target])) for e in explanations
+    ]
+    maps = [to_numpy(e.maps[method]) for e in explanations]
+    return ClassMaps(method, crop, classes, maps, explanations[0].seconds)
+
+
+@dataclass(frozen=True)
+class LayerMaps:
+    """One method's maps of one class at several layers, shallow to deep (one sweep).
+
+    Attributes:
+        method: the method's name.
+        image: the crop the model saw, (H, W, 3) uint8.
+        target: the explained class.
+        layers: layer names, shallow to deep.
+        sizes: each layer's feature-map size (h, w).
+        maps: one (H, W) map in [0, 1] per layer.
+        fused: LayerCAM's fusion of all layers' raw maps (Jiang et al. 2021), or None.
+        seconds: wall time of the computation.
+    """
+
+    method: str
+    image: np.ndarray
+    target: Prediction
+    layers: list[str]
+    sizes: list[tuple[int, int]]
+    maps: list[np.ndarray]
+    fused: np.ndarray | None
+    seconds: float
+
+
+def layer_sweep(
+    zoo_model: ZooModel,
+    image: Image.Image,
+    method: str,
+    target: int | None = None,
+    counterfactual: bool = False,
+    fuse: bool = False,
+) -> LayerMaps:
+    """One method's map at the end of every resolution stage (`stage_ends`), from one sweep."""
+    x = zoo_model.preprocess(image)
+    crop = np.asarray(zoo_model.preprocess.crop_image(image), dtype=np.uint8)
+    start = time.perf_counter()
+    with _model_lock(zoo_model.model):
+        layers = stage_ends(zoo_model.model, zoo_model.input_size)
+        results = sweep(zoo_model.model, x, layers, method, target, counterfactual)
+    first = next(iter(results.values()))
+    chosen = first.target
+    fused = to_numpy(fuse_layers(results, method)) if fuse else None
+    return LayerMaps(
+        method=method,
+        image=crop,
+        target=Prediction(chosen, zoo_model.labels[chosen], float(first.probabilities[chosen])),
+        layers=list(results),
+        sizes=[tuple(e.raw[method].shape[-2:]) for e in results.values()],
+        maps=[to_numpy(e.maps[method]) for e in results.values()],
+        fused=fused,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def render_map(
+    image: np.ndarray, values: np.ndarray, colormap: str = "jet", opacity: float = 0.5
+) -> np.ndarray:
+    """A (H, W) map in [0, 1] laid over an (H, W, 3) uint8 image."""
+    return overlay(image, values, colormap, opacity)
+
+
+# ----------------------------------------------------------------------------- faithfulness
+
+# Steps of the deletion/insertion curves in the app: 2 x 17 forward passes per map on a CPU.
+FAITHFULNESS_STEPS = 16
+
+
+@dataclass(frozen=True)
+class FaithfulnessScore:
+    """The faithfulness scores of one map, plain numbers and numpy curves (cacheable).
+
+    Attributes:
+        drop: Average Drop % on this image: max(0, Y - O) / Y · 100.
+        increase: Increase in Confidence: whether O > Y.
+        deletion_auc: lower is better.
+        insertion_auc: higher is better.
+        curves: `explainers.metrics.Curves` with numpy arrays, for `curves_figure`.
+    """
+
+    drop: float
+    increase: bool
+    deletion_auc: float
+    insertion_auc: float
+    curves: dict[str, object]
+
+    def summary(self) -> str:
+        """One caption line, e.g. "Avg drop 12.3% · conf. ↑ no · del 0.120 · ins 0.640"."""
+        return (
+            f"Avg drop {self.drop:.1f}% · conf. increase {'yes' if self.increase else 'no'} · "
+            f"deletion AUC {self.deletion_auc:.3f} · insertion AUC {self.insertion_auc:.3f}"
+        )
+
+
+def score_faithfulness(
+    zoo_model: ZooModel,
+    image: Image.Image,
+    result: ExplanationResult,
+    methods: Sequence[str] | None = None,
+    steps: int | None = None,
+) -> dict[str, FaithfulnessScore]:
+    """Average Drop, Increase in Confidence and deletion/insertion AUC of a result's CAM maps.
+
+    Args:
+        methods: which maps; default every CAM of the result.
+        steps: intervals of the deletion/insertion curves (2·(steps + 1) forward passes per map);
+            default `FAITHFULNESS_STEPS`.
+    """
+    names = list(methods) if methods is not None else result.methods("cam")
+    if not names:
+        return {}
+    x = zoo_model.preprocess(image)
+    maps = {name: torch.from_numpy(result.maps[name]) for name in names}
+    with _model_lock(zoo_model.model):
+        scores = faithfulness(zoo_model.model, x, maps, result.target, steps=steps or FAITHFULNESS_STEPS)
+    return {
+        name: FaithfulnessScore(
+            drop=score.drop,
+            increase=score.increase,
+            deletion_auc=score.deletion_auc,
+            insertion_auc=score.insertion_auc,
+            curves={
+                key: value.numpy() if isinstance(value, torch.Tensor) else value
+                for key, value in (score.curves or {}).items()
+            },
+        )
+        for name, score in scores.items()
+    }
+
+
+def sweep_methods() -> list[str]:
+    """The CAMs offered for a layer sweep: gradient CAMs, which apply at any layer
+    (CAM needs GAP + linear right after the layer; Score-CAM is too slow for five layers)."""
+    return [
+        name for name in method_options() if METHODS[name].kind == "cam" and name not in ("cam", "scorecam")
+    ]
+
+
+def model_view(zoo_model: ZooModel, image: Image.Image) -> np.ndarray:
+    """The crop the model sees, (H, W, 3) uint8: the input panel when no explanation is at hand."""
+    return np.asarray(zoo_model.preprocess.crop_image(image), dtype=np.uint8)

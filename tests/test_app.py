@@ -244,3 +244,143 @@ def test_two_sessions_do_not_interfere():
     second.run()
     assert class_radio(second).index == 0 and class_radio(first).index == 2
     assert "layer _bn1" in status(second) and "layer _blocks.10" in status(first)
+
+
+# ------------------------------------------------------------------ Score-CAM, more maps, uploads
+
+
+def expander_captions(at: AppTest, label: str) -> list[str]:
+    (expander,) = [e for e in at.expander if e.label == label]
+    return [caption for image in expander.get("image") for caption in image.captions]
+
+
+def choose_scorecam(at: AppTest) -> None:
+    at.multiselect(key="methods").set_value(["gradcam", "scorecam"]).run()
+    assert not at.exception
+
+
+def test_scorecam_says_its_cost_then_runs_with_progress():
+    at = open_app()
+    assert "scorecam" not in at.multiselect(key="methods").value, "too slow for the default page"
+    choose_scorecam(at)
+    assert at.toggle(key="scorecam_approximation").value  # a short approximation by default
+    assert any(c.value == "Score-CAM will take 32 forward passes (batches of 32)." for c in at.caption)
+    assert not any(c.startswith("Score-CAM · ") for c in captions(at)), "runs only when asked"
+    at.button(key="scorecam_run").click().run()
+    assert not at.exception and not errors(at)
+    (caption,) = [c for c in captions(at) if c.startswith("Score-CAM · ")]
+    assert "approximation (32 of 1280 channels)" in caption
+    assert any(c.startswith("Grad-CAM · ") for c in captions(at)), "beside the other maps"
+    at.slider(key="opacity").set_value(0.7).run()  # stored: a display change does not rerun it
+    assert any(c.startswith("Score-CAM · ") for c in captions(at))
+
+
+def test_stopping_scorecam_keeps_the_other_maps(monkeypatch):
+    # A click on Stop interrupts the run at its next progress update; here the progress callback
+    # answers False at its first report, as it does once the run's request is withdrawn.
+    original = explainers.service.run_scorecam
+
+    def stopped(*args, **kwargs):
+        progress = args[-1]
+        return original(*args[:-1], lambda done, total: progress(done, total) and False)
+
+    monkeypatch.setattr(explainers.service, "run_scorecam", stopped)
+    at = open_app()
+    choose_scorecam(at)
+    at.slider(key="scorecam_channels").set_value(16).run()
+    at.button(key="scorecam_run").click().run()
+    assert not at.exception and not errors(at)
+    assert [i.value for i in at.info] == ["Score-CAM stopped."]
+    assert any(c.startswith("Grad-CAM · ") for c in captions(at))
+    assert not any(c.startswith("Score-CAM · ") for c in captions(at))
+    assert at.button(key="scorecam_run"), "the page offers the run again"
+
+
+def test_top5_classes_come_in_one_section_when_opened(monkeypatch):
+    calls = []
+    original = explainers.service.top_classes
+    monkeypatch.setattr(
+        explainers.service, "top_classes", lambda *a, **k: calls.append(a) or original(*a, **k)
+    )
+    st.cache_data.clear()
+    at = open_app()
+    assert not calls and not expander_captions(at, "Top-5 classes"), "nothing computed while closed"
+    at.session_state["top5_open"] = True
+    at.run()
+    assert not at.exception and len(calls) == 1
+    shown = expander_captions(at, "Top-5 classes")
+    radio_labels = [label.replace(" (", " · ").rstrip(")") for label in class_radio(at).options[:5]]
+    assert shown == radio_labels
+
+
+def test_layer_sweep_runs_shallow_to_deep():
+    at = open_app()
+    at.session_state["sweep_open"] = True
+    at.run()
+    at.selectbox(key="sweep_method").set_value("layercam")
+    at.toggle(key="sweep_fuse").set_value(True).run()
+    assert not at.exception and not errors(at)
+    shown = expander_captions(at, "Layer sweep: coarse versus fine")
+    layers, fused = shown[:-1], shown[-1]
+    assert len(layers) >= 3 and fused == "fused (all layers)"
+    sides = [int(c.rsplit(" · ", 1)[1].split("×")[0]) for c in layers]
+    assert sides == sorted(sides, reverse=True) and sides[0] > sides[-1], "shallow (fine) to deep (coarse)"
+    assert layers[-1].startswith("_bn1 · 7×7")
+
+
+def test_faithfulness_scores_under_each_map(monkeypatch):
+    monkeypatch.setattr(explainers.service, "FAITHFULNESS_STEPS", 2)  # 3 points per curve: fast
+    at = open_app()
+    assert not any("Avg drop" in c.value for c in at.caption), "off by default"
+    at.toggle(key="faithfulness").set_value(True).run()
+    assert not at.exception and not errors(at)
+    scores = [c.value for c in at.caption if c.value.startswith("Avg drop")]
+    cams = [m for m in at.multiselect(key="methods").value if explainers.METHODS[m].kind == "cam"]
+    assert len(scores) == len(cams)
+    assert all("deletion AUC" in s and "insertion AUC" in s and "conf. increase" in s for s in scores)
+    assert any(e.label == "Deletion and insertion curves" for e in at.expander)
+
+
+def resnet18_files(classes: int = 3) -> tuple[bytes, bytes]:
+    from safetensors.torch import save
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    weights = save(resnet18(num_classes=classes).state_dict())
+    return weights, "\n".join(["cat", "dog", "bird", "fish"][:classes]).encode()
+
+
+def upload_model(at: AppTest, weights: bytes, labels: bytes) -> None:
+    at.selectbox(key="model").set_value("Custom (upload)").run()
+    assert not at.exception and any("Upload your model" in i.value for i in at.info)
+    at.selectbox(key="custom_architecture").set_value("resnet18")
+    at.file_uploader(key="custom_weights").set_value(
+        ("model.safetensors", weights, "application/octet-stream")
+    )
+    at.file_uploader(key="custom_labels").set_value(("classes.txt", labels, "text/plain")).run()
+    assert not at.exception
+
+
+def test_custom_model_upload_is_explained():
+    weights, labels = resnet18_files()
+    at = open_app()
+    upload_model(at, weights, labels)
+    assert not errors(at)
+    assert "Chelsea the cat as resnet18 (custom) sees it (224×224)" in captions(at)
+    assert len(class_radio(at).options) == 3 + 1  # its three classes, then "another class…"
+    assert shows_overlays(at)
+
+
+@pytest.mark.parametrize("problem", ["class count", "not weights"])
+def test_bad_custom_model_shows_an_error_and_the_page_keeps_working(problem):
+    weights, labels = resnet18_files()
+    if problem == "class count":
+        labels = b"cat\ndog\nbird\nfish\n"
+    else:
+        weights = b"these are not weights" * 10
+    at = open_app()
+    upload_model(at, weights, labels)
+    assert len(errors(at)) == 1 and "\n" not in errors(at)[0] and "Traceback" not in errors(at)[0]
+    assert ("4 names" if problem == "class count" else "neither a safetensors") in errors(at)[0]
+    at.selectbox(key="model").set_value("efficientnet_lite0").run()
+    assert not at.exception and not errors(at) and shows_overlays(at)

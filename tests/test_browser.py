@@ -221,3 +221,34 @@ def test_sessions_do_not_interfere(browser, server, tmp_path):
     for page in (first, second):
         assert_no_exception(page)
         page.context.close()
+
+
+def test_top5_classes_open_in_their_section(page, artifacts):
+    wait_for_overlays(page, SAMPLE, "Grad-CAM")
+    page.get_by_text("Top-5 classes", exact=True).click()  # computed only once opened
+    page.get_by_text("for each of the top 5 classes").wait_for()
+    wait_until_idle(page)
+    section = page.locator('[data-testid="stExpander"]', has_text="Top-5 classes")
+    assert section.locator('[data-testid="stImageCaption"]').count() == 5
+    assert_no_exception(page)
+    page.screenshot(path=artifacts / "top5.png")
+
+
+def test_scorecam_can_be_stopped_and_the_other_maps_stay(page, artifacts):
+    wait_for_overlays(page, SAMPLE, "Grad-CAM")
+    choose_method(page, "Score-CAM")
+    page.get_by_text("Score-CAM will take 32 forward passes").wait_for()
+    wait_until_idle(page)
+    page.locator('label:has-text("Score-CAM approximation")').click()  # exact: long enough to stop
+    page.get_by_text("Score-CAM will take 1280 forward passes").wait_for()
+    wait_until_idle(page)
+    page.get_by_role("button", name="Run Score-CAM").click()
+    page.get_by_text("of 1280 forward passes").wait_for()  # the progress bar's text
+    # Streamlit interrupts the running script at its next progress update and reruns it.
+    page.get_by_role("button", name="Stop Score-CAM").click()
+    page.get_by_text("Score-CAM stopped.").wait_for()
+    wait_until_idle(page)
+    assert_no_exception(page)
+    assert page.get_by_role("button", name="Run Score-CAM").is_visible()
+    assert any(c.startswith("Grad-CAM · ") for c in overlay_captions(page))
+    page.screenshot(path=artifacts / "scorecam-stopped.png")

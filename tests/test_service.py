@@ -168,3 +168,33 @@ def test_figures(result):
     heat = heatmap_figure(result.maps["gradcam"], "viridis", "title")
     assert heat.data[0].z.shape == result.maps["gradcam"].shape
     assert "%{z" in heat.data[0].hovertemplate
+
+
+def test_scorecam_tells_its_cost_reports_progress_and_can_be_cancelled(lite0, chelsea):
+    from explainers.errors import Cancelled
+    from explainers.service import run_scorecam, scorecam_plan
+
+    plan = scorecam_plan(lite0, chelsea, lite0.default_layer, 281, max_channels=8)
+    assert plan.passes == 8 and plan.batch_size >= 1
+    reports = []
+    result = run_scorecam(lite0, chelsea, lite0.default_layer, 281, 8, lambda d, t: reports.append((d, t)))
+    assert reports[0] == (0, 8) and reports[-1] == (8, 8)
+    assert result.caption("scorecam").endswith("approximation (8 of 1280 channels)")
+    assert result.maps["scorecam"].shape == lite0.input_size
+    with pytest.raises(Cancelled, match="stopped after 0 of 8"):
+        run_scorecam(lite0, chelsea, lite0.default_layer, 281, 8, lambda d, t: False)
+
+
+def test_top_classes_sweep_and_faithfulness(lite0, chelsea, result):
+    from explainers.service import layer_sweep, score_faithfulness, top_classes
+
+    classes = top_classes(lite0, chelsea, lite0.default_layer, "gradcam")
+    assert [c.index for c in classes.classes] == [p.index for p in result.top]
+    assert len(classes.maps) == 5 and all(m.shape == lite0.input_size for m in classes.maps)
+    sweep = layer_sweep(lite0, chelsea, "layercam", fuse=True)
+    assert len(sweep.layers) >= 3 and sweep.layers[-1] == "_bn1"
+    assert [h for h, _ in sweep.sizes] == sorted((h for h, _ in sweep.sizes), reverse=True)
+    assert sweep.fused is not None and sweep.fused.shape == lite0.input_size
+    scores = score_faithfulness(lite0, chelsea, result, ["gradcam"], steps=2)
+    assert set(scores) == {"gradcam"} and 0 <= scores["gradcam"].drop <= 100
+    assert "deletion AUC" in scores["gradcam"].summary() and len(scores["gradcam"].curves["deletion"]) == 3
