@@ -9,9 +9,7 @@ display change never recomputes. Nothing here imports Streamlit.
 from __future__ import annotations
 
 import io
-import threading
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -20,7 +18,6 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from explainers.core import METHODS, Evidence, get_method
 from explainers.errors import ExplainerInputError, MethodError
@@ -129,15 +126,11 @@ class ExplanationResult:
         return f"{text} · counterfactual" if self.counterfactual else text
 
 
-# Hooks are registered on the shared model for the duration of one pass; a per-model lock keeps
-# a second session's pass from iterating the hook table while it is being changed.
-_locks: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
-
-
-def _model_lock(model: nn.Module) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(model, threading.Lock())
+# No lock around the shared model: every session may run on it at once. The capture hooks act
+# only on the thread that registered them, guided backprop's rectifying mode is thread-local, and
+# Score-CAM's masked passes use no hooks at all (tests/test_core.py, test_guided.py and
+# test_service.py check that concurrent calls give the sequential results). So a long Score-CAM
+# run in one session never makes another session wait.
 
 
 def prepare_image(source: bytes) -> Image.Image:
@@ -183,7 +176,7 @@ def _top(probabilities: torch.Tensor, labels: Sequence[str], k: int = 5) -> list
 def predict(zoo_model: ZooModel, image: Image.Image, k: int = 5) -> list[Prediction]:
     """The k most probable classes for an image: one forward pass, no gradients."""
     x = zoo_model.preprocess(image).to(zoo_model.device)
-    with _model_lock(zoo_model.model), torch.no_grad():
+    with torch.no_grad():
         logits = zoo_model.model(x)[0].float().cpu()
     return _top(logits.softmax(0), zoo_model.labels, k)
 
@@ -227,17 +220,16 @@ def run_explanation(
     maps: dict[str, np.ndarray] = {}
     raw: dict[str, np.ndarray] = {}
     errors: dict[str, str] = {}
-    with _model_lock(zoo_model.model):
-        evidence = Evidence(zoo_model.model, x, [layer], targets, counterfactual, options=options)
-        for name in names:
-            try:
-                raw_k, map_k = evidence.result(name, layer)
-            except MethodError as error:
-                errors[name] = str(error)
-                continue
-            raw[name], maps[name] = to_numpy(raw_k[0]), to_numpy(map_k[0])
-        probabilities = evidence.logits.detach().float().cpu().softmax(0)
-        chosen = int(evidence.targets[0])
+    evidence = Evidence(zoo_model.model, x, [layer], targets, counterfactual, options=options)
+    for name in names:
+        try:
+            raw_k, map_k = evidence.result(name, layer)
+        except MethodError as error:
+            errors[name] = str(error)
+            continue
+        raw[name], maps[name] = to_numpy(raw_k[0]), to_numpy(map_k[0])
+    probabilities = evidence.logits.detach().float().cpu().softmax(0)
+    chosen = int(evidence.targets[0])
     return ExplanationResult(
         model=zoo_model.name,
         layer=layer,
@@ -336,8 +328,7 @@ def scorecam_plan(
     Costs one forward pass (and a backward pass to the layer with ``max_channels``).
     """
     x = zoo_model.preprocess(image)
-    with _model_lock(zoo_model.model):
-        passes = scorecam_passes(zoo_model.model, x, layer, target, options=_score_options(max_channels))
+    passes = scorecam_passes(zoo_model.model, x, layer, target, options=_score_options(max_channels))
     batch = ScoreOptions().batch_size or default_batch_size(x.to(zoo_model.device))
     return ScorePlan(passes, batch)
 
@@ -394,8 +385,7 @@ def top_classes(
     k = min(k, len(zoo_model.labels))
     x = zoo_model.preprocess(image)
     crop = np.asarray(zoo_model.preprocess.crop_image(image), dtype=np.uint8)
-    with _model_lock(zoo_model.model):
-        explanations = explain_classes(zoo_model.model, x, layer, [method], k, counterfactual)
+    explanations = explain_classes(zoo_model.model, x, layer, [method], k, counterfactual)
     probabilities = explanations[0].probabilities
     classes = [
         Prediction(e.target, zoo_model.labels[e.target], float(probabilities[e.target])) for e in explanations
@@ -441,9 +431,8 @@ def layer_sweep(
     x = zoo_model.preprocess(image)
     crop = np.asarray(zoo_model.preprocess.crop_image(image), dtype=np.uint8)
     start = time.perf_counter()
-    with _model_lock(zoo_model.model):
-        layers = stage_ends(zoo_model.model, zoo_model.input_size)
-        results = sweep(zoo_model.model, x, layers, method, target, counterfactual)
+    layers = stage_ends(zoo_model.model, zoo_model.input_size)
+    results = sweep(zoo_model.model, x, layers, method, target, counterfactual)
     first = next(iter(results.values()))
     chosen = first.target
     fused = to_numpy(fuse_layers(results, method)) if fuse else None
@@ -517,8 +506,7 @@ def score_faithfulness(
         return {}
     x = zoo_model.preprocess(image)
     maps = {name: torch.from_numpy(result.maps[name]) for name in names}
-    with _model_lock(zoo_model.model):
-        scores = faithfulness(zoo_model.model, x, maps, result.target, steps=steps or FAITHFULNESS_STEPS)
+    scores = faithfulness(zoo_model.model, x, maps, result.target, steps=steps or FAITHFULNESS_STEPS)
     return {
         name: FaithfulnessScore(
             drop=score.drop,
