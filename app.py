@@ -28,8 +28,7 @@ from app_cache import (
 )
 from explainers import ExplainerInputError, service
 from explainers.errors import Cancelled
-from explainers.figures import heatmap_figure, predictions_figure
-from explainers.plots import curves_figure
+from explainers.figures import curves_figure, heatmap_figure, predictions_figure
 from explainers.render import COLORMAPS
 from explainers.samples import list_samples
 from explainers.service import ExplanationResult, FaithfulnessScore, Prediction
@@ -582,7 +581,8 @@ def render_status(result: ExplanationResult) -> None:
     )
 
 
-def main() -> None:
+def explore() -> None:
+    """The Explore page: one image, one model, the maps side by side."""
     st.set_page_config(page_title="CAM Explorer", page_icon="🔍", layout="wide")
     st.title("CAM Explorer")
     st.caption(
@@ -632,6 +632,16 @@ def main() -> None:
     render_sweep(request, image, display)
     if slot is not None:  # last: the rest of the page is drawn while Score-CAM runs
         render_scorecam(slot, request, image, max_channels, display, show_scores)
+
+
+def main() -> None:
+    # Named pages: without st.navigation the sidebar would list this page by its file name, "app".
+    pages = [
+        st.Page(explore, title="Explore", icon=":material/image_search:", default=True),
+        st.Page("pages/1_Trust.py", title="Trust & bias", icon=":material/balance:", url_path="Trust"),
+        st.Page("pages/2_Lessons.py", title="Lessons", icon=":material/school:", url_path="Lessons"),
+    ]
+    st.navigation(pages).run()
 
 
 if __name__ == "__main__":
