@@ -52,7 +52,10 @@ def package_five(model: torch.nn.Module, layer: str) -> Callable[[torch.Tensor, 
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     module = dict(model.named_modules())[layer]
-    cams = [cls(model=model, target_layers=[module]) for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM)]
+    cams = [
+        cls(model=model, target_layers=[module])
+        for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM)
+    ]
 
     def run(x: torch.Tensor, target: int) -> None:
         for cam in cams:
@@ -80,8 +83,14 @@ def core_rows(device: torch.device, repeats: int) -> list[dict]:
         theirs = median_ms(lambda: package(x, target), max(3, repeats // 2), device)
         rows += [
             {"case": f"{name} forward (floor)", "ours_ms": floor},
-            {"case": f"{name} 5 CAMs, one explain", "ours_ms": ours, "reference_ms": theirs,
-             "vs_forward": ours / floor, "speedup": theirs / ours, "note": f"layer {layer}; reference: grad-cam package, 5 objects"},
+            {
+                "case": f"{name} 5 CAMs, one explain",
+                "ours_ms": ours,
+                "reference_ms": theirs,
+                "vs_forward": ours / floor,
+                "speedup": theirs / ours,
+                "note": f"layer {layer}; reference: grad-cam package, 5 objects",
+            },
         ]
     return rows
 
@@ -90,11 +99,14 @@ def print_table(rows: list[dict]) -> None:
     print(f"| {'case':<44} | {'ours ms':>9} | {'ref ms':>9} | {'x forward':>9} | {'speed-up':>8} | note")
     print(f"|{'-' * 46}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 10}|------")
     for row in rows:
+
         def cell(key: str, fmt: str) -> str:
             return format(row[key], fmt) if key in row else ""
 
-        print(f"| {row['case']:<44} | {cell('ours_ms', '9.1f'):>9} | {cell('reference_ms', '9.1f'):>9} | "
-              f"{cell('vs_forward', '9.2f'):>9} | {cell('speedup', '8.1f'):>8} | {row.get('note', '')}")
+        print(
+            f"| {row['case']:<44} | {cell('ours_ms', '9.1f'):>9} | {cell('reference_ms', '9.1f'):>9} | "
+            f"{cell('vs_forward', '9.2f'):>9} | {cell('speedup', '8.1f'):>8} | {row.get('note', '')}"
+        )
 
 
 def main() -> None:
@@ -105,7 +117,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
     print(f"device: {name}; torch {torch.__version__}; medians of {args.repeats} runs\n")
 
     rows = [] if args.only == "cases" else core_rows(device, args.repeats)

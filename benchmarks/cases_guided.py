@@ -31,7 +31,9 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1])
 
 
-def _median_ms(ours: Callable[[], object], reference: Callable[[], object], repeats: int, sync: Callable) -> tuple:
+def _median_ms(
+    ours: Callable[[], object], reference: Callable[[], object], repeats: int, sync: Callable
+) -> tuple:
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     for _ in range(repeats):
         for key, fn in (("ours", ours), ("reference", reference)):
@@ -80,7 +82,9 @@ def run(device: str | torch.device = "cpu", repeats: int = 5) -> list[dict]:
             raise RuntimeError(f"ours and the package disagree (Pearson {agreement:.4f})")
         ours_ms, reference_ms = _median_ms(ours, reference, repeats, sync)
         case = f"guided_backprop resnet50 224 ({'frozen' if frozen else 'trainable'} params)"
-        rows.append({"case": case, "ours_ms": ours_ms, "reference_ms": reference_ms, "ratio": ours_ms / reference_ms})
+        rows.append(
+            {"case": case, "ours_ms": ours_ms, "reference_ms": reference_ms, "ratio": ours_ms / reference_ms}
+        )
 
     model = copy.deepcopy(base)
     package_gb = GuidedBackpropReLUModel(copy.deepcopy(model), device=device)
@@ -114,7 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (one is steadiest on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for torch (one is steadiest on a busy machine)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -27,7 +27,9 @@ GRADIENT_CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
 PACKAGE_BATCH_SIZES = (16, 32, 64, 128)
 
 
-def compare(fns: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 1) -> dict[str, float]:
+def compare(
+    fns: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 1
+) -> dict[str, float]:
     """Best wall time in milliseconds of each function, runs interleaved, after ``warmup`` each."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -157,8 +159,18 @@ def sweep_case(device: str, repeats: int, model_name: str) -> list[dict]:
     )
     note = f"{model_name} layer1-4 at 224, Grad-CAM + LayerCAM"
     return [
-        row("4-layer sweep vs one layer (layer4)", times["sweep"], times["layer4"], note + "; target ratio <= 1.5"),
-        row("4-layer sweep vs one layer (layer1)", times["sweep"], times["layer1"], note + "; same backward depth"),
+        row(
+            "4-layer sweep vs one layer (layer4)",
+            times["sweep"],
+            times["layer4"],
+            note + "; target ratio <= 1.5",
+        ),
+        row(
+            "4-layer sweep vs one layer (layer1)",
+            times["sweep"],
+            times["layer1"],
+            note + "; same backward depth",
+        ),
         row("4-layer sweep vs 4 separate calls", times["sweep"], times["separate"], note),
     ]
 

@@ -1,10 +1,10 @@
 """CAM Explorer's explanation methods: Grad-CAM and its relatives, computed from shared passes.
 
-    >>> from explainers import explain, METHODS
-    >>> result = explain(model, x, layer="layer4", methods=["gradcam", "gradcam++"])
-    >>> result.maps["gradcam"]  # (H, W) in [0, 1]
-    >>> result = explain(model, x, layer="layer4", methods=["guided_gradcam"])
-    >>> guided_to_image(result.maps["guided_gradcam"])  # (H, W, 3) uint8, from the raw (H, W, 3) map
+>>> from explainers import explain, METHODS
+>>> result = explain(model, x, layer="layer4", methods=["gradcam", "gradcam++"])
+>>> result.maps["gradcam"]  # (H, W) in [0, 1]
+>>> result = explain(model, x, layer="layer4", methods=["guided_gradcam"])
+>>> guided_to_image(result.maps["guided_gradcam"])  # (H, W, 3) uint8, from the raw (H, W, 3) map
 """
 
 from explainers import cam, guided, score  # noqa: F401  (register the method families)

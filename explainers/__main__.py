@@ -62,7 +62,14 @@ def run(args: argparse.Namespace) -> dict:
     image = load_image(args.image)
     zoo = load_zoo(args)
     layer = args.layer or zoo.default_layer
-    result = explain(zoo.model, zoo.preprocess(image), layer, methods, target=args.target, counterfactual=args.counterfactual)
+    result = explain(
+        zoo.model,
+        zoo.preprocess(image),
+        layer,
+        methods,
+        target=args.target,
+        counterfactual=args.counterfactual,
+    )
 
     crop = np.asarray(zoo.preprocess.crop_image(image))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -77,10 +84,15 @@ def run(args: argparse.Namespace) -> dict:
         "image": str(args.image),
         "model": zoo.name,
         "layer": layer,
-        "target": {"index": result.target, "label": zoo.labels[result.target],
-                   "probability": float(result.probabilities[result.target])},
+        "target": {
+            "index": result.target,
+            "label": zoo.labels[result.target],
+            "probability": float(result.probabilities[result.target]),
+        },
         "counterfactual": args.counterfactual,
-        "top5": [{"index": i, "label": label, "probability": p} for i, label, p in top_k(result.logits, zoo.labels)],
+        "top5": [
+            {"index": i, "label": label, "probability": p} for i, label, p in top_k(result.logits, zoo.labels)
+        ],
         "methods": methods,
         "device": result.device,
         "seconds": round(result.seconds, 4),
@@ -97,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     target = summary["target"]
-    print(f"{target['label']} ({target['probability']:.1%}) at {summary['layer']}: "
-          f"{len(summary['methods'])} maps in {summary['seconds']:.2f} s on {summary['device']} -> {args.out}/")
+    print(
+        f"{target['label']} ({target['probability']:.1%}) at {summary['layer']}: "
+        f"{len(summary['methods'])} maps in {summary['seconds']:.2f} s on {summary['device']} -> {args.out}/"
+    )
     return 0
 
 

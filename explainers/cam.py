@@ -124,7 +124,9 @@ class ClassActivationMap(WeightedActivationCAM):
         if linear is not None and linear.in_features == activations.shape[1]:
             pooled_logits = torch.nn.functional.linear(activations.mean((2, 3)), linear.weight, linear.bias)
         logits = evidence.logits.detach()
-        if pooled_logits is None or not torch.allclose(pooled_logits[0], logits, rtol=1e-3, atol=1e-3 * logits.abs().max()):
+        if pooled_logits is None or not torch.allclose(
+            pooled_logits[0], logits, rtol=1e-3, atol=1e-3 * logits.abs().max()
+        ):
             raise MethodError(
                 f"CAM needs a network that ends in global average pooling and one linear layer "
                 f"right after the chosen layer; that is not the case at {layer!r}. "

@@ -124,7 +124,9 @@ class _RectifyReLUs(TorchFunctionMode):
         self.rectified = 0  # ReLU calls replaced
         self.unsupported: set[str] = set()  # names of activations met that have no rule
 
-    def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def __torch_function__(
+        self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         parse = _RELU_CALLS.get(func)
         if parse is not None:

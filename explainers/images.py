@@ -84,8 +84,7 @@ def load_image(source: Source, *, max_pixels: int = 40_000_000, min_side: int = 
             )
         if min(width, height) < min_side:
             raise ImageError(
-                f"The image is {width}×{height} pixels; it needs to be at least"
-                f" {min_side}×{min_side}."
+                f"The image is {width}×{height} pixels; it needs to be at least {min_side}×{min_side}."
             )
         try:
             image.load()

@@ -86,7 +86,9 @@ def sample(name: str) -> Image.Image:
     return load_image(SAMPLES_DIR / name)
 
 
-def inputs(zoo: ZooModel, image: Image.Image | None, default: str) -> tuple[Image.Image, torch.Tensor, np.ndarray]:
+def inputs(
+    zoo: ZooModel, image: Image.Image | None, default: str
+) -> tuple[Image.Image, torch.Tensor, np.ndarray]:
     """The lesson's image (a bundled sample unless one is given), its model input and its crop."""
     image = image or sample(default)
     return image, zoo.preprocess(image), np.asarray(zoo.preprocess.crop_image(image))
@@ -129,7 +131,9 @@ def counterfactual_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
         panels=[
             Panel("input", crop),
             Panel(f"Grad-CAM: evidence for {name}", overlay(crop, to_numpy(factual.maps["gradcam"]))),
-            Panel(f"counterfactual: evidence against {name}", overlay(crop, to_numpy(counter.maps["gradcam"]))),
+            Panel(
+                f"counterfactual: evidence against {name}", overlay(crop, to_numpy(counter.maps["gradcam"]))
+            ),
         ],
         measurements={
             f"P({name})": base,
@@ -170,7 +174,11 @@ def watermark_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     verdict = (
         f"P(carton) went from {before:.5f} to {after:.5f} ({rise:.1f}×) with the watermark; Grad-CAM for "
         f"carton is {density:.1f}× as dense on the watermark band (rows {rows.min()}–{rows.max()}) as elsewhere. "
-        + ("The shortcut shows here." if holds else "The shortcut does not show clearly for this model and image.")
+        + (
+            "The shortcut shows here."
+            if holds
+            else "The shortcut does not show clearly for this model and image."
+        )
     )
     crop_array, marked_array = np.asarray(crop), np.asarray(marked)
     return Lesson(
@@ -223,8 +231,11 @@ def discrimination_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
     verdict = (
         f"Rank correlation between the maps for {name_a} and {name_b}: Grad-CAM {rho['gradcam']:+.2f}, "
         f"guided backprop {rho['guided_backprop']:+.2f}, Guided Grad-CAM {rho['guided_gradcam']:+.2f}. "
-        + ("Grad-CAM separates the classes and guided backprop barely does, as claimed."
-           if holds else "The claim does not hold clearly for this model and image.")
+        + (
+            "Grad-CAM separates the classes and guided backprop barely does, as claimed."
+            if holds
+            else "The claim does not hold clearly for this model and image."
+        )
     )
     panels = [Panel("input", crop)]
     for result, name in [(a, name_a), (b, name_b)]:
@@ -269,10 +280,14 @@ def instances_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         f"Share of each map's energy on the left / right object: Grad-CAM "
         f"{shares['gradcam'][0]:.0%} / {shares['gradcam'][1]:.0%}, Grad-CAM++ "
         f"{shares['gradcam++'][0]:.0%} / {shares['gradcam++'][1]:.0%}. "
-        + ("Grad-CAM++ covers both instances more evenly, as claimed." if holds
-           else "Both methods already split their energy almost evenly here, so this model and image "
-           "do not show the difference the paper reports." if both_even
-           else "Grad-CAM++ does not cover the instances more evenly here.")
+        + (
+            "Grad-CAM++ covers both instances more evenly, as claimed."
+            if holds
+            else "Both methods already split their energy almost evenly here, so this model and image "
+            "do not show the difference the paper reports."
+            if both_even
+            else "Grad-CAM++ does not cover the instances more evenly here."
+        )
     )
     return Lesson(
         key="instances",
@@ -311,8 +326,11 @@ def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         f"After re-initialising the top {len(result.steps)} units ({result.step_names[-1]} last), the maps' "
         f"rank correlation with the originals is {final['gradcam']:+.2f} for Grad-CAM and "
         f"{final['guided_backprop']:+.2f} for guided backprop. "
-        + ("Grad-CAM depends on the weights; guided backprop barely does, as claimed."
-           if holds else "The expected gap does not show for this model and image.")
+        + (
+            "Grad-CAM depends on the weights; guided backprop barely does, as claimed."
+            if holds
+            else "The expected gap does not show for this model and image."
+        )
     )
     return Lesson(
         key="sanity",
@@ -367,16 +385,26 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         f"({shapes[deep][0]}×{shapes[deep][1]}) against {area[shallow]:.1%} at {shallow} "
         f"({shapes[shallow][0]}×{shapes[shallow][1]}). At {shallow}, {on_target['layercam']:.0%} of LayerCAM's "
         f"energy falls on the region the deep map marks, against {on_target['gradcam']:.0%} of Grad-CAM's"
-        + (" (LayerCAM stays on the object better)." if margin > 0.05
-           else " (little difference here)." if margin > -0.05 else " (Grad-CAM does better here).")
-        + (" Coarse deep maps and fine shallow ones, as claimed." if holds
-           else " The deep map is not clearly coarser than the shallow one for this model and image.")
+        + (
+            " (LayerCAM stays on the object better)."
+            if margin > 0.05
+            else " (little difference here)."
+            if margin > -0.05
+            else " (Grad-CAM does better here)."
+        )
+        + (
+            " Coarse deep maps and fine shallow ones, as claimed."
+            if holds
+            else " The deep map is not clearly coarser than the shallow one for this model and image."
+        )
     )
     name = label(zoo, results[deep].target)
     panels = [Panel("input", crop)]
     panels += [
-        Panel(f"LayerCAM at {layer} ({shapes[layer][0]}×{shapes[layer][1]})",
-              overlay(crop, to_numpy(results[layer].maps["layercam"])))
+        Panel(
+            f"LayerCAM at {layer} ({shapes[layer][0]}×{shapes[layer][1]})",
+            overlay(crop, to_numpy(results[layer].maps["layercam"])),
+        )
         for layer in ordered
     ]
     panels += [

@@ -88,7 +88,9 @@ def sweep(
     if not layers:
         raise LayerError("Choose at least one layer.")
     options = {**(options or {}), "eigen_smooth": eigen_smooth}
-    evidence = Evidence(model, x, layers, None if target is None else [target], counterfactual, options=options)
+    evidence = Evidence(
+        model, x, layers, None if target is None else [target], counterfactual, options=options
+    )
     ordered = evidence.executed_layers
     for layer in ordered:
         for name in names:

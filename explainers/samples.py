@@ -25,8 +25,4 @@ def list_samples() -> dict[str, Path]:
         An ordered dict from a display name (e.g. "Chelsea the cat") to the image file; a file
         missing from an installation is left out rather than offered and failing later.
     """
-    return {
-        name: SAMPLES_DIR / file
-        for name, file in _SAMPLES.items()
-        if (SAMPLES_DIR / file).is_file()
-    }
+    return {name: SAMPLES_DIR / file for name, file in _SAMPLES.items() if (SAMPLES_DIR / file).is_file()}

@@ -79,7 +79,9 @@ class ScoreOptions:
         """Read and check the options; unknown keys belong to other methods and are ignored."""
         scoring = options.get("scoring", "official")
         if scoring not in SCORINGS:
-            raise ExplainerInputError(f"Unknown Score-CAM scoring {scoring!r}; choose one of {', '.join(SCORINGS)}.")
+            raise ExplainerInputError(
+                f"Unknown Score-CAM scoring {scoring!r}; choose one of {', '.join(SCORINGS)}."
+            )
         for key in ("max_channels", "batch_size"):
             value = options.get(key)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -149,7 +151,9 @@ def default_batch_size(x: torch.Tensor) -> int:
     return max(1, min(MAX_GPU_BATCH, int(free // 2 // (GPU_BYTES_PER_INPUT_VALUE * x[0].numel()))))
 
 
-def _masked_scores(evidence: Evidence, layer: str, plan: _Plan, options: ScoreOptions) -> tuple[torch.Tensor, int]:
+def _masked_scores(
+    evidence: Evidence, layer: str, plan: _Plan, options: ScoreOptions
+) -> tuple[torch.Tensor, int]:
     """Score every planned channel's masked input, in batches.
 
     Returns:
@@ -175,7 +179,10 @@ def _masked_scores(evidence: Evidence, layer: str, plan: _Plan, options: ScoreOp
         while done < channels.numel():
             batch = channels[done : done + batch_size]
             masks = F.interpolate(
-                activations[batch, None], evidence.input_size, mode="bilinear", align_corners=options.align_corners
+                activations[batch, None],
+                evidence.input_size,
+                mode="bilinear",
+                align_corners=options.align_corners,
             )  # (b, 1, H, W)
             low = masks.amin((2, 3), keepdim=True)
             high = masks.amax((2, 3), keepdim=True)
@@ -251,7 +258,12 @@ class ScoreCAM(WeightedActivationCAM):
                 "largest Grad-CAM weights were scored"
             )
         run = ScoreRun(
-            plan.passes(options.scoring), batch_size, plan.selection.shape[1], count, options.scoring, approximation
+            plan.passes(options.scoring),
+            batch_size,
+            plan.selection.shape[1],
+            count,
+            options.scoring,
+            approximation,
         )
         evidence.extras.setdefault("scorecam", {})[layer] = run
         return weights.to(evidence.activations(layer).dtype)

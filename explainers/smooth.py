@@ -74,7 +74,9 @@ def explain_augmented(
         step_options = dict(options)
         if callable(progress):
             step_options["progress"] = _offset_progress(progress, index, len(AUGMENTATIONS))
-        return Evidence(model, augment(x, flip, factor), [layer], targets, counterfactual, options=step_options)
+        return Evidence(
+            model, augment(x, flip, factor), [layer], targets, counterfactual, options=step_options
+        )
 
     # The original image first: it fixes the class and gives the guided maps and the logits.
     base = evidence_for(0, False, 1.0, targets)

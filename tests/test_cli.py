@@ -39,8 +39,16 @@ def test_explains_a_sample_with_the_defaults(tmp_path):
 
 def test_layer_target_methods_and_counterfactual(tmp_path):
     done = cli(
-        str(SAMPLES_DIR / "cat_and_coffee.jpg"), "--layer", "_blocks.12", "--target", "967",
-        "--methods", "layercam,hirescam", "--counterfactual", "--out", str(tmp_path),
+        str(SAMPLES_DIR / "cat_and_coffee.jpg"),
+        "--layer",
+        "_blocks.12",
+        "--target",
+        "967",
+        "--methods",
+        "layercam,hirescam",
+        "--counterfactual",
+        "--out",
+        str(tmp_path),
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "predictions.json").read_text())
@@ -81,8 +89,15 @@ def test_a_custom_model_from_files(tmp_path):
     save_file(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "head.safetensors")
     (tmp_path / "labels.txt").write_text("nurse\ndoctor\nsurgeon\n")
     done = cli(
-        str(SAMPLES_DIR / "grace_hopper.jpg"), "--arch", "resnet18", "--weights", str(tmp_path / "head.safetensors"),
-        "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "out"),
+        str(SAMPLES_DIR / "grace_hopper.jpg"),
+        "--arch",
+        "resnet18",
+        "--weights",
+        str(tmp_path / "head.safetensors"),
+        "--labels",
+        str(tmp_path / "labels.txt"),
+        "--out",
+        str(tmp_path / "out"),
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())

@@ -252,7 +252,9 @@ def test_concurrent_explanations_match_sequential_ones(lite0):
     torch.manual_seed(7)
     inputs = [torch.randn(1, 3, 224, 224) for _ in range(4)]
     jobs = [(i, target, layer) for i in range(4) for target, layer in [(None, "_bn1"), (281, "_blocks.10")]]
-    expected = {job: explain(lite0.model, inputs[job[0]], job[2], GRADIENT_CAMS, target=job[1]) for job in jobs}
+    expected = {
+        job: explain(lite0.model, inputs[job[0]], job[2], GRADIENT_CAMS, target=job[1]) for job in jobs
+    }
     results, errors = {}, []
 
     def worker(my_jobs):

@@ -135,7 +135,9 @@ def test_matches_captum(arch, request):
         reference = reference[0].permute(1, 2, 0)  # (H, W, 3)
         assert reference.abs().max() > 0
         assert pearson(result.maps[method], reference) >= 0.999, method
-        torch.testing.assert_close(result.maps[method], reference, rtol=1e-4, atol=1e-4 * reference.abs().max())
+        torch.testing.assert_close(
+            result.maps[method], reference, rtol=1e-4, atol=1e-4 * reference.abs().max()
+        )
 
 
 def test_guided_gradcam_is_guided_backprop_times_cam(resnet18):
@@ -254,7 +256,9 @@ def test_functional_relu_model_matches_captum_on_module_twin():
     assert pearson(result.maps["guided_backprop"], reference) >= 0.999
     torch.testing.assert_close(result.maps["guided_backprop"], reference)
     # Captum itself misses functional ReLUs (its documented limitation): a plain gradient.
-    missed = GuidedBackprop(functional).attribute(x.clone().requires_grad_(True), target=2)[0].permute(1, 2, 0)
+    missed = (
+        GuidedBackprop(functional).attribute(x.clone().requires_grad_(True), target=2)[0].permute(1, 2, 0)
+    )
     assert not torch.allclose(missed, reference)
 
 
@@ -274,7 +278,9 @@ def test_matches_grad_cam_package():
     [(nn.SiLU(), "silu"), (nn.GELU(), "gelu"), (nn.Hardswish(), "hardswish"), (nn.Hardtanh(), "hardtanh")],
 )
 def test_other_activations_are_refused_plainly(act, name):
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), act, nn.Flatten(), nn.LazyLinear(3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), act, nn.Flatten(), nn.LazyLinear(3)
+    )
     model(torch.randn(1, 3, 8, 8))  # materialise the lazy layer
     model.eval()
     with pytest.raises(MethodError, match=f"ReLU networks.*{name}"):
@@ -370,7 +376,12 @@ def test_model_untouched_after_calls_and_after_an_error_mid_forward():
         torch.testing.assert_close(after.maps[name], before.maps[name], rtol=0, atol=0)
 
 
-REQUESTS = [["gradcam"], ["guided_backprop", "gradcam++"], ["guided_gradcam", "deconvnet"], ["layercam", *GUIDED]]
+REQUESTS = [
+    ["gradcam"],
+    ["guided_backprop", "gradcam++"],
+    ["guided_gradcam", "deconvnet"],
+    ["layercam", *GUIDED],
+]
 
 
 def test_threads_get_the_same_results_as_sequential_calls():

@@ -93,9 +93,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_too_small() -> None:
     data = encode(Image.new("RGB", (1, 1)), "PNG")
-    with pytest.raises(
-        ImageError, match="^The image is 1×1 pixels; it needs to be at least 16×16.$"
-    ):
+    with pytest.raises(ImageError, match="^The image is 1×1 pixels; it needs to be at least 16×16.$"):
         load_image(data)
     assert load_image(encode(Image.new("RGB", (16, 16)), "PNG")).size == (16, 16)
 

@@ -52,7 +52,9 @@ def random_resnet18():
 
 def random_densenet121():
     torch.manual_seed(11)
-    return scaled_classifier(frozen(torchvision.models.densenet121(weights=None)), "classifier"), "features.denseblock4"
+    return scaled_classifier(
+        frozen(torchvision.models.densenet121(weights=None)), "classifier"
+    ), "features.denseblock4"
 
 
 @pytest.mark.parametrize("build", [random_resnet18, random_densenet121], ids=["resnet18", "densenet121"])

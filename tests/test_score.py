@@ -123,7 +123,9 @@ def test_scorecam_matches_package(scoring, x32):
     package.batch_size = 64
     package_weights = []
     compute_weights = package.get_cam_weights
-    package.get_cam_weights = lambda *args: package_weights.append(compute_weights(*args)) or package_weights[-1]
+    package.get_cam_weights = lambda *args: (
+        package_weights.append(compute_weights(*args)) or package_weights[-1]
+    )
     reference = package(x32, [package_target])[0]
 
     evidence = Evidence(model, x32, ["layer2"], [target], options={"scoring": scoring, "align_corners": True})
@@ -188,7 +190,9 @@ def test_scorecam_progress_and_cancel(tiny):
 
     tiny.forwards = 0
     with pytest.raises(Cancelled, match="stopped after 4 of"):
-        explain(tiny, x16(), "c", ["scorecam"], options={"batch_size": 4, "progress": lambda done, _: done < 4})
+        explain(
+            tiny, x16(), "c", ["scorecam"], options={"batch_size": 4, "progress": lambda done, _: done < 4}
+        )
     assert tiny.forwards == 2  # the shared forward and one batch, then it stopped
     assert issubclass(Cancelled, ExplainerInputError)
 

@@ -107,7 +107,12 @@ def test_missing_weights_name_the_file_and_folder(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "name, layer",
-    [("resnet50", "layer4"), ("vgg16", "features.29"), ("densenet121", "features"), ("mobilenet_v3_small", "features")],
+    [
+        ("resnet50", "layer4"),
+        ("vgg16", "features.29"),
+        ("densenet121", "features"),
+        ("mobilenet_v3_small", "features"),
+    ],
 )
 def test_random_weight_models_pick_the_last_feature_map(name, layer):
     zoo = load_model(name, weights=None, device="cpu")
@@ -122,7 +127,9 @@ def test_random_weight_models_pick_the_last_feature_map(name, layer):
 def test_every_registered_model_builds_and_explains(name):
     zoo = load_model(name, weights=None, device="cpu")
     assert zoo.default_layer in {layer.name for layer in zoo.layers()}
-    result = explain(zoo.model, torch.randn(1, 3, *zoo.input_size), zoo.default_layer, ["gradcam", "layercam"])
+    result = explain(
+        zoo.model, torch.randn(1, 3, *zoo.input_size), zoo.default_layer, ["gradcam", "layercam"]
+    )
     assert torch.isfinite(result.maps["gradcam"]).all()
 
 
