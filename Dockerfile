@@ -16,7 +16,7 @@ RUN pip install -r requirements.txt
 
 COPY .streamlit/ .streamlit/
 COPY app.py app_cache.py ./
-COPY pages/ pages/
+COPY app_pages/ app_pages/
 COPY explainers/ explainers/
 COPY models_zoo/ models_zoo/
 COPY assets/ assets/

@@ -636,10 +636,12 @@ def explore() -> None:
 
 def main() -> None:
     # Named pages: without st.navigation the sidebar would list this page by its file name, "app".
+    # The other pages live in app_pages/, not pages/: a pages/ folder would switch on Streamlit's
+    # automatic page discovery, which serves a deep link (/Lessons) without this navigation.
     pages = [
         st.Page(explore, title="Explore", icon=":material/image_search:", default=True),
-        st.Page("pages/1_Trust.py", title="Trust & bias", icon=":material/balance:", url_path="Trust"),
-        st.Page("pages/2_Lessons.py", title="Lessons", icon=":material/school:", url_path="Lessons"),
+        st.Page("app_pages/1_Trust.py", title="Trust & bias", icon=":material/balance:", url_path="Trust"),
+        st.Page("app_pages/2_Lessons.py", title="Lessons", icon=":material/school:", url_path="Lessons"),
     ]
     st.navigation(pages).run()
 

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from explainers.lessons import LESSONS
 
-PAGE = str(Path(__file__).parents[1] / "pages" / "2_Lessons.py")
+PAGE = str(Path(__file__).parents[1] / "app_pages" / "2_Lessons.py")
 
 
 @pytest.fixture(scope="module")

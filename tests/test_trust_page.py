@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from explainers.render import draw_box
 
-PAGE = str(Path(__file__).parents[1] / "pages" / "1_Trust.py")
+PAGE = str(Path(__file__).parents[1] / "app_pages" / "1_Trust.py")
 CUSTOM = "Custom model (upload)…"
 
 
