@@ -18,7 +18,7 @@ from PIL import Image
 from app_cache import get_image, get_model
 from explainers import ExplainerInputError
 from explainers.compare import Panel, compare_classes, compare_models, explain_panel
-from explainers.core import METHODS
+from explainers.core import METHODS, method_title
 from explainers.figures import region_figure, sanity_figure, selection_box, shares_figure
 from explainers.guided import guided_to_image
 from explainers.images import content_hash
@@ -192,6 +192,12 @@ def sidebar_model(label: str, key: str, default: str) -> ModelChoice | None:
     return ModelChoice(CUSTOM, arch, weights.getvalue(), labels.getvalue())
 
 
+def sidebar_one_model(section: str, header: str) -> tuple[ModelChoice | None, ImageChoice | None]:
+    """The model and image pickers of a section that explains one model."""
+    st.sidebar.header(header)
+    return sidebar_model("Model", section, DEFAULTS[section]["model"]), sidebar_image(section)
+
+
 def sidebar_class(label: str, names: list[str], default: str | None, key: str) -> str | None:
     """A class name picked from ``names`` (type to search); None means the model's top class."""
     options = [TOP_CLASS, *dict.fromkeys(names)]  # ordered and without repeats
@@ -260,10 +266,6 @@ def picture(panel: Panel, method: str, counterfactual: bool = False, box: Box | 
     return image if box is None else draw_box(image, box)
 
 
-def title(method: str) -> str:
-    return METHODS[method].title or method
-
-
 def percent(share: float) -> str:
     return f"{share:.0%}" if share >= 0.1 else f"{share:.1%}"
 
@@ -278,7 +280,7 @@ def render_model_side(panel: Panel, zoo: ZooModel, methods: tuple[str, ...], box
     for method in methods:
         st.image(
             picture(panel, method, box=box),
-            caption=f"{title(method)} for “{panel.class_name}” (p = {panel.probability:.1%})",
+            caption=f"{method_title(method)} for “{panel.class_name}” (p = {panel.probability:.1%})",
             width="stretch",
         )
         if method == "gradcam" and box is not None:  # the number right under the map it measures
@@ -352,9 +354,7 @@ def sidebar_label(label: str, labels: tuple[str, ...], default: str, fallback: i
 
 
 def section_classes() -> None:
-    st.sidebar.header("Model and image")
-    model_choice = sidebar_model("Model", "classes", DEFAULTS["classes"]["model"])
-    choice = sidebar_image("classes")
+    model_choice, choice = sidebar_one_model("classes", "Model and image")
     zoo, image = open_model(model_choice), open_image(choice)
     if zoo is None or image is None:
         return
@@ -387,16 +387,18 @@ def section_classes() -> None:
 
 
 def section_region() -> None:
-    st.sidebar.header("Model, image and class")
-    model_choice = sidebar_model("Model", "region", DEFAULTS["region"]["model"])
-    choice = sidebar_image("region")
+    model_choice, choice = sidebar_one_model("region", "Model, image and class")
     zoo, image = open_model(model_choice), open_image(choice)
     if zoo is None or image is None:
         return
     class_name = sidebar_class("Class", list(zoo.labels), "stripes", key=f"class:region:{model_choice.key}")
     st.sidebar.header("Methods")
     methods = st.sidebar.multiselect(
-        "Methods", list(REGION_METHODS), default=list(REGION_METHODS), format_func=title, key="region_methods"
+        "Methods",
+        list(REGION_METHODS),
+        default=list(REGION_METHODS),
+        format_func=method_title,
+        key="region_methods",
     )
     if not methods:
         st.info("Choose at least one method in the sidebar.")
@@ -426,7 +428,7 @@ def section_region() -> None:
         render_shares(panel, methods, box)
     columns = st.columns(len(methods))
     for column, method in zip(columns, methods, strict=True):
-        column.image(picture(panel, method, box=box), caption=title(method), width="stretch")
+        column.image(picture(panel, method, box=box), caption=method_title(method), width="stretch")
 
 
 def drawn_box(size: tuple[int, int]) -> Box | None:
@@ -468,14 +470,12 @@ def render_shares(panel: Panel, methods: list[str], box: Box) -> None:
         f"The box covers **{percent(area)}** of the image: a map blind to it would put about that much there."
     )
     for column, method in zip(st.columns(len(methods)), methods, strict=True):
-        column.metric(title(method), percent(shares[method]))
+        column.metric(method_title(method), percent(shares[method]))
     st.plotly_chart(shares_figure(shares, area), width="stretch", key="region_shares")
 
 
 def section_sanity() -> None:
-    st.sidebar.header("Model and image")
-    model_choice = sidebar_model("Model", "sanity", DEFAULTS["sanity"]["model"])
-    choice = sidebar_image("sanity")
+    model_choice, choice = sidebar_one_model("sanity", "Model and image")
     steps = st.sidebar.slider(
         "Layers to re-initialise",
         1,
@@ -531,7 +531,7 @@ def render_sanity_maps(result: SanityResult, crop: np.ndarray, class_name: str) 
     )
     st.caption(f"Maps for “{class_name}” (the original model's top class), kept for every step.")
     for method in SANITY_METHODS:
-        st.markdown(f"**{title(method)}**")
+        st.markdown(f"**{method_title(method)}**")
         columns = st.columns(max(4, len(shown)))
         for column, index in zip(columns, sorted(shown), strict=False):
             values = result.maps[method][index]

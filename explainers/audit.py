@@ -31,7 +31,7 @@ from explainers import METHODS, explain
 from explainers.capture import resolve_layer
 from explainers.cli import OneLineParser, add_model_arguments, load_zoo
 from explainers.compare import find_class
-from explainers.core import get_method
+from explainers.core import get_method, method_title
 from explainers.errors import ExplainerInputError, ImageError
 from explainers.images import load_image
 from explainers.metrics import Box, Faithfulness, energy_in_box, faithfulness, parse_box, summarise
@@ -172,7 +172,7 @@ def _num(value: float) -> str:
 def write_html(path: Path, rows: list[Row], methods: list[str], summary: dict, context: str) -> None:
     """A static gallery: one row per image, the crop and each method's overlay with its scores."""
     e = html.escape
-    head = "".join(f"<th>{e(METHODS[m].title or m)}</th>" for m in methods)
+    head = "".join(f"<th>{e(method_title(m))}</th>" for m in methods)
     body = []
     for row in rows:
         if row.status != "ok":
@@ -194,7 +194,7 @@ def write_html(path: Path, rows: list[Row], methods: list[str], summary: dict, c
             cells.append(f'<td><img src="{e(row.pictures[m])}" alt=""><br>{"<br>".join(lines)}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
     totals = "".join(
-        f"<li>{e(METHODS[m].title or m)}: Average Drop {v['average_drop']:.1f}%, Increase in Confidence "
+        f"<li>{e(method_title(m))}: Average Drop {v['average_drop']:.1f}%, Increase in Confidence "
         f"{v['increase_in_confidence']:.1f}%, deletion AUC {v['deletion_auc']:.3f}, "
         f"insertion AUC {v['insertion_auc']:.3f}</li>"
         for m, v in summary.items()

@@ -194,6 +194,12 @@ def get_method(name: str) -> Method:
     raise MethodError(f"Unknown method {name!r}.{hint} Available: {', '.join(METHODS)}.")
 
 
+def method_title(name: str) -> str:
+    """A method's display name, e.g. "Grad-CAM++"; a name that is not a method comes back as is."""
+    method = METHODS.get(name)
+    return (method.title if method is not None else "") or name
+
+
 def batched_grad(
     scores: torch.Tensor, inputs: Sequence[torch.Tensor], retain_graph: bool = False
 ) -> tuple[torch.Tensor, ...]:

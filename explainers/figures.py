@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explainers.core import METHODS
+from explainers.core import method_title
 from explainers.metrics import Curves
 from explainers.sanity import SanityResult
 from explainers.service import Prediction
@@ -28,11 +28,6 @@ _PLOTLY_SCALES = {
 HIGHLIGHT, MUTED = "#e4572e", "#8da0cb"
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-
-
-def _title(method: str) -> str:
-    method_object = METHODS.get(method)
-    return (method_object.title or method) if method_object is not None else method
 
 
 def curves_figure(curves: Mapping[str, Curves], class_name: str = "") -> go.Figure:
@@ -58,7 +53,7 @@ def curves_figure(curves: Mapping[str, Curves], class_name: str = "") -> go.Figu
                     x=fractions,
                     y=curve[kind].tolist(),
                     mode="lines",
-                    name=f"{_title(method)} ({kind} AUC {curve[f'{kind}_auc']:.3f})",
+                    name=f"{method_title(method)} ({kind} AUC {curve[f'{kind}_auc']:.3f})",
                     legendgroup=method,
                     line={"color": colour, "dash": "solid" if kind == "deletion" else "dot"},
                     hovertemplate="%{x:.0%} of pixels: p = %{y:.3f}<extra></extra>",
@@ -90,7 +85,7 @@ def sanity_figure(result: SanityResult) -> go.Figure:
                 x=steps,
                 y=[1.0, *values],
                 mode="lines+markers",
-                name=_title(method),
+                name=method_title(method),
                 line={"color": _PALETTE[i % len(_PALETTE)]},
                 hovertemplate="after %{x}: ρ = %{y:.2f}<extra></extra>",
             )
@@ -111,7 +106,7 @@ def shares_figure(shares: Mapping[str, float], area: float) -> go.Figure:
     the image as a dotted line (what a map blind to the box would put there)."""
     figure = go.Figure(
         go.Bar(
-            x=[_title(method) for method in shares],
+            x=[method_title(method) for method in shares],
             y=list(shares.values()),
             text=[f"{value:.0%}" if value >= 0.1 else f"{value:.1%}" for value in shares.values()],
             textposition="outside",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from explainers.core import METHODS, Evidence, get_method
+from explainers.core import METHODS, Evidence, get_method, method_title
 from explainers.errors import ExplainerInputError, MethodError
 from explainers.guided import guided_to_image
 from explainers.images import content_hash, load_image
@@ -150,11 +150,6 @@ def device_name(device: torch.device | str) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type.upper()
-
-
-def method_title(name: str) -> str:
-    """A method's display name, e.g. "Grad-CAM++"."""
-    return get_method(name).title or name
 
 
 def method_options() -> list[str]:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 from torch import nn
+
+ROOT = Path(__file__).parents[1]
 
 
 class GapLinear(nn.Module):
@@ -73,3 +76,10 @@ def assert_untouched(model: nn.Module, state_before: dict, weights_before: dict)
     for key, value in model.state_dict().items():
         assert torch.equal(value, weights_before[key]), key
     assert all(p.grad is None for p in model.parameters())
+
+
+def run_page(path: str, timeout: float = 120) -> AppTest:
+    """Run a Streamlit script (relative to the repository root) headless; it must not raise."""
+    at = AppTest.from_file(str(ROOT / path), default_timeout=timeout).run()
+    assert not at.exception, at.exception
+    return at

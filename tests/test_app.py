@@ -15,20 +15,18 @@ from pathlib import Path
 import pytest
 import streamlit as st
 import torch
+from conftest import run_page
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import explainers.service
 from explainers.service import default_methods, method_title
 
-APP = str(Path(__file__).parents[1] / "app.py")
 OTHER_CLASS = -1
 
 
 def open_app() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    assert not at.exception, at.exception
-    return at
+    return run_page("app.py", timeout=60)
 
 
 def captions(at: AppTest) -> list[str]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import GapLinear
 from PIL import Image
 
 from explainers.compare import compare_classes, compare_models, explain_panel, find_class
 from explainers.errors import ExplainerInputError, TargetError
 from explainers.metrics import box_shares, parse_box, scale_box
 from models_zoo import Preprocessing, wrap_model
-from tests.conftest import GapLinear
 
 TINY = Preprocessing(resize=32, crop=32, mean=(0.5,) * 3, std=(0.25,) * 3)
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import run_page
 from streamlit.testing.v1 import AppTest
 
 from explainers.lessons import LESSONS
 
-PAGE = str(Path(__file__).parents[1] / "app_pages" / "2_Lessons.py")
-
 
 @pytest.fixture(scope="module")
 def page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.run()
-    assert not at.exception
-    return at
+    return run_page("app_pages/2_Lessons.py")
 
 
 @pytest.mark.parametrize("key", list(LESSONS))

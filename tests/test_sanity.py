@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_untouched, module_state
 from torch import nn
 
 from explainers.errors import LayerError
 from explainers.sanity import randomisation_steps, reinitialise, sanity_check
-from tests.conftest import assert_untouched, module_state
 
 
 class TwoConvs(nn.Module):

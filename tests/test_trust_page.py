@@ -8,17 +8,16 @@ steps, which keeps the whole file near a minute on two CPU cores.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import run_page
 from streamlit.testing.v1 import AppTest
 
 from explainers.render import draw_box
 
-PAGE = str(Path(__file__).parents[1] / "app_pages" / "1_Trust.py")
 CUSTOM = "Custom model (upload)…"
 
 
@@ -32,10 +31,7 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.run()
-    assert not at.exception
-    return at
+    return run_page("app_pages/1_Trust.py")
 
 
 def test_opens_on_the_bias_demo_with_the_biased_model_on_the_tag(page):
