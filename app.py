@@ -29,7 +29,7 @@ from app_cache import (
 from explainers import ExplainerInputError, service
 from explainers.errors import Cancelled
 from explainers.figures import curves_figure, heatmap_figure, predictions_figure
-from explainers.render import COLORMAPS
+from explainers.render import COLORMAPS, overlay
 from explainers.samples import list_samples
 from explainers.service import ExplanationResult, FaithfulnessScore, Prediction
 from models_zoo import ZooModel, list_zoo
@@ -489,7 +489,7 @@ def render_top_classes(
         )
         columns = st.columns(len(maps.classes))
         for column, prediction, values in zip(columns, maps.classes, maps.maps, strict=True):
-            picture = service.render_map(maps.image, values, display.colormap, display.opacity)
+            picture = overlay(maps.image, values, display.colormap, display.opacity)
             column.image(
                 picture, caption=f"{prediction.label} · {prediction.probability:.1%}", width="stretch"
             )
@@ -538,7 +538,7 @@ def render_sweep(request: ExplainRequest, image: Image.Image, display: Display) 
             panels.append(("fused (all layers)", sweep.fused))
         columns = st.columns(len(panels))
         for column, (caption, values) in zip(columns, panels, strict=True):
-            picture = service.render_map(sweep.image, values, display.colormap, display.opacity)
+            picture = overlay(sweep.image, values, display.colormap, display.opacity)
             column.image(picture, caption=caption, width="stretch")
 
 

@@ -18,12 +18,18 @@ import numpy as np
 from PIL import Image
 
 from explainers import METHODS, explain
-from explainers.cli import OneLineParser, add_model_arguments, load_zoo
+from explainers.cli import (
+    DEFAULT_METHODS,
+    OneLineParser,
+    add_model_arguments,
+    file_stem,
+    load_zoo,
+    parse_methods,
+)
 from explainers.errors import ExplainerInputError
 from explainers.images import load_image
-from explainers.render import overlay, to_numpy, top_k
-
-DEFAULT_METHODS = "gradcam,gradcam++"
+from explainers.render import picture, to_numpy
+from explainers.service import top_predictions
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,40 +51,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def map_to_image(kind: str, heatmap: np.ndarray, crop: np.ndarray) -> np.ndarray:
-    """The picture written for one method: an overlay for CAMs, the display transform for guided maps."""
-    if kind == "guided":
-        from explainers.guided import guided_to_image
-
-        return guided_to_image(heatmap)
-    return overlay(crop, heatmap)
-
-
 def run(args: argparse.Namespace) -> dict:
     """Explain one image and write the outputs; returns what predictions.json holds."""
     if not args.image.is_file():
         raise ExplainerInputError(f"No such image file: {args.image}")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = parse_methods(args.methods)
     image = load_image(args.image)
     zoo = load_zoo(args)
     layer = args.layer or zoo.default_layer
-    result = explain(
-        zoo.model,
-        zoo.preprocess(image),
-        layer,
-        methods,
-        target=args.target,
-        counterfactual=args.counterfactual,
-    )
+    crop, x = zoo.preprocess.crop_and_tensor(image)
+    result = explain(zoo.model, x, layer, methods, target=args.target, counterfactual=args.counterfactual)
 
-    crop = np.asarray(zoo.preprocess.crop_image(image))
+    crop = np.asarray(crop)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "counterfactual_" if args.counterfactual else ""
     for name in methods:
         heatmap = to_numpy(result.maps[name])
-        safe = name.replace("+", "p")
-        Image.fromarray(map_to_image(METHODS[name].kind, heatmap, crop)).save(args.out / f"{stem}{safe}.png")
-        np.save(args.out / f"{stem}{safe}.npy", heatmap)
+        file = f"{stem}{file_stem(name)}"
+        Image.fromarray(picture(METHODS[name].kind, heatmap, crop)).save(args.out / f"{file}.png")
+        np.save(args.out / f"{file}.npy", heatmap)
 
     summary = {
         "image": str(args.image),
@@ -90,9 +81,7 @@ def run(args: argparse.Namespace) -> dict:
             "probability": float(result.probabilities[result.target]),
         },
         "counterfactual": args.counterfactual,
-        "top5": [
-            {"index": i, "label": label, "probability": p} for i, label, p in top_k(result.logits, zoo.labels)
-        ],
+        "top5": [p._asdict() for p in top_predictions(result.probabilities, zoo.labels)],
         "methods": methods,
         "device": result.device,
         "seconds": round(result.seconds, 4),

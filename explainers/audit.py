@@ -23,22 +23,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from explainers import METHODS, explain
 from explainers.capture import resolve_layer
-from explainers.cli import OneLineParser, add_model_arguments, load_zoo
+from explainers.cli import (
+    DEFAULT_METHODS,
+    OneLineParser,
+    add_model_arguments,
+    file_stem,
+    load_zoo,
+    parse_methods,
+)
 from explainers.compare import find_class
-from explainers.core import get_method, method_title
+from explainers.core import method_title
 from explainers.errors import ExplainerInputError, ImageError
 from explainers.images import load_image
 from explainers.metrics import Box, Faithfulness, energy_in_box, faithfulness, parse_box, summarise
-from explainers.render import overlay, to_numpy
+from explainers.render import draw_box, picture, to_numpy
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-DEFAULT_METHODS = "gradcam,gradcam++"
 SCORES = ("energy_in_box", "average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc")
 
 
@@ -101,28 +106,13 @@ def progress(done: int, total: int, name: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def picture(kind: str, heatmap: np.ndarray, crop: np.ndarray, box: Box | None) -> np.ndarray:
-    """The overlay of one map (guided maps: their display transform), with the box outlined."""
-    if kind == "guided":
-        from explainers.guided import guided_to_image
-
-        image = guided_to_image(heatmap)
-    else:
-        image = overlay(crop, heatmap)
-    if box is not None:
-        image = cv2.rectangle(
-            np.ascontiguousarray(image), box[:2], (box[2] - 1, box[3] - 1), (255, 255, 255), 2
-        )
-    return image
-
-
 def audit_image(
     path: Path, index: int, zoo, args: argparse.Namespace, methods: list[str], box: Box | None
 ) -> Row:
     """Explain and score one image, writing its pictures under args.out / "overlays"."""
     row = Row(image=path.name)
     image = load_image(path)
-    x = zoo.preprocess(image)
+    crop, x = zoo.preprocess.crop_and_tensor(image)
     target = None if args.target is None else find_class(zoo.labels, args.target)
     result = explain(zoo.model, x, args.layer, methods, target=target)
     predicted = int(result.logits.argmax())
@@ -130,7 +120,7 @@ def audit_image(
     row.target, row.target_probability = zoo.labels[result.target], float(result.probabilities[result.target])
 
     scores: dict[str, Faithfulness] = faithfulness(zoo.model, x, result.maps, result.target, steps=args.steps)
-    crop = np.asarray(zoo.preprocess.crop_image(image))
+    crop = np.asarray(crop)
     stem = f"{index:04d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', path.stem)[:40]}"
     folder = args.out / "overlays"
     Image.fromarray(crop).save(folder / f"{stem}.png")
@@ -144,8 +134,11 @@ def audit_image(
             "deletion_auc": scores[name].deletion_auc,
             "insertion_auc": scores[name].insertion_auc,
         }
-        file = f"{stem}_{name.replace('+', 'p')}.png"
-        Image.fromarray(picture(METHODS[name].kind, to_numpy(heatmap), crop, box)).save(folder / file)
+        file = f"{stem}_{file_stem(name)}.png"
+        image = picture(METHODS[name].kind, to_numpy(heatmap), crop)
+        Image.fromarray(image if box is None else draw_box(image, box, colour=(255, 255, 255))).save(
+            folder / file
+        )
         row.pictures[name] = f"overlays/{file}"
     row.faithfulness = scores
     return row
@@ -219,11 +212,7 @@ insertion AUC: higher is better (RISE). "in box": the map's share of energy insi
 def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
     """Audit the folder; returns the rows and the per-method summary over the readable images."""
     images = list_images(args.folder)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise ExplainerInputError("Choose at least one method.")
-    for name in methods:
-        get_method(name)
+    methods = parse_methods(args.methods)
     box = parse_box(args.box) if args.box else None
     if args.steps < 0:
         raise ExplainerInputError("--steps must be 0 (skip deletion/insertion) or more.")

@@ -1,10 +1,14 @@
-"""What the command-line tools share: one-line argument errors and the choice of model."""
+"""What the command-line tools share: one-line argument errors, the methods option and the choice
+of model."""
 
 from __future__ import annotations
 
 import argparse
 
+from explainers.core import check_methods
 from explainers.errors import ExplainerInputError
+
+DEFAULT_METHODS = "gradcam,gradcam++"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -12,6 +16,20 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parse_methods(text: str) -> list[str]:
+    """A comma-separated --methods value -> registered method names, checked before any work.
+
+    Raises:
+        MethodError: none given, or an unknown name (the message names close matches).
+    """
+    return check_methods([name.strip() for name in text.split(",") if name.strip()])
+
+
+def file_stem(method: str) -> str:
+    """A method name usable in a file name ("gradcam++" -> "gradcampp")."""
+    return method.replace("+", "p")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

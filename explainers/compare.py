@@ -92,7 +92,7 @@ def explain_panel(
         ExplainerInputError (and subclasses): as `explain`, and an unknown class name.
     """
     layer = layer or zoo.default_layer
-    x = zoo.preprocess(image)
+    crop, x = zoo.preprocess.crop_and_tensor(image)
     index = None if target is None else find_class(zoo.labels, target)
     result = explain(zoo.model, x, layer, methods, target=index)
     opposite = (
@@ -107,7 +107,7 @@ def explain_panel(
         probability=float(result.probabilities[result.target]),
         explanation=result,
         counterfactual=opposite,
-        crop=zoo.preprocess.crop_image(image),
+        crop=crop,
     )
 
 

@@ -91,7 +91,8 @@ def inputs(
 ) -> tuple[Image.Image, torch.Tensor, np.ndarray]:
     """The lesson's image (a bundled sample unless one is given), its model input and its crop."""
     image = image or sample(default)
-    return image, zoo.preprocess(image), np.asarray(zoo.preprocess.crop_image(image))
+    crop, x = zoo.preprocess.crop_and_tensor(image)
+    return image, x, np.asarray(crop)
 
 
 def class_probability(zoo: ZooModel, x: torch.Tensor, target: int) -> float:

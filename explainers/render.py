@@ -1,4 +1,4 @@
-"""Turn maps into pictures: heat-map overlays (OpenCV colormaps) and top-k predictions."""
+"""Turn maps into pictures: heat-map overlays (OpenCV colormaps), guided maps, boxes."""
 
 from __future__ import annotations
 
@@ -56,15 +56,6 @@ def overlay(
     return np.uint8(np.clip(blended, 0, 255).round())
 
 
-def top_k(
-    logits: torch.Tensor, labels: tuple[str, ...] | list[str], k: int = 5
-) -> list[tuple[int, str, float]]:
-    """The k most probable classes as (index, label, probability), most probable first."""
-    probabilities = logits.detach().float().softmax(-1)
-    values, indices = probabilities.topk(min(k, probabilities.numel()))
-    return [(int(i), labels[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
-
-
 def draw_box(
     image: np.ndarray,
     box: tuple[int, int, int, int],
@@ -78,3 +69,19 @@ def draw_box(
     x0, y0, x1, y1 = (int(v) for v in box)
     outlined = np.ascontiguousarray(image, dtype=np.uint8).copy()
     return cv2.rectangle(outlined, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), colour, thickness)
+
+
+def picture(
+    kind: str,
+    values: torch.Tensor | np.ndarray,
+    crop: np.ndarray,
+    colormap: str = "jet",
+    opacity: float = 0.5,
+) -> np.ndarray:
+    """A map as shown: a heat-map overlay on ``crop`` for a CAM (``kind`` "cam"), the papers'
+    display for a guided map (``kind`` "guided", see `Method.kind`). RGB uint8 (H, W, 3)."""
+    if kind == "guided":
+        from explainers.guided import guided_to_image  # guided registers methods: import on use
+
+        return guided_to_image(values)
+    return overlay(crop, values, colormap, opacity)

@@ -19,14 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from explainers.core import METHODS, Evidence, get_method, method_title
+from explainers.core import METHODS, Evidence, check_methods, method_title
 from explainers.errors import ExplainerInputError, MethodError
-from explainers.guided import guided_to_image
 from explainers.images import content_hash, load_image
 from explainers.metrics import faithfulness
 from explainers.multi import explain_classes, fuse_layers, stage_ends, sweep
-from explainers.render import overlay, to_numpy
-from explainers.score import Progress, ScoreOptions, default_batch_size, scorecam_passes
+from explainers.render import picture, to_numpy
+from explainers.score import Progress, default_batch_size, scorecam_passes
 from models_zoo import ZooModel
 
 # Models see crops of a few hundred pixels; a larger working copy only costs memory and time.
@@ -52,12 +51,12 @@ __all__ = [
     "predict",
     "prepare_image",
     "render_panel",
-    "render_map",
     "run_explanation",
     "run_scorecam",
     "scorecam_plan",
     "score_faithfulness",
     "top_classes",
+    "top_predictions",
     "layer_sweep",
     "to_npy",
     "to_npz",
@@ -163,9 +162,15 @@ def default_methods() -> list[str]:
     return [name for name in DEFAULT_METHODS if name in METHODS]
 
 
-def _top(probabilities: torch.Tensor, labels: Sequence[str], k: int = 5) -> list[Prediction]:
+def top_predictions(probabilities: torch.Tensor, labels: Sequence[str], k: int = 5) -> list[Prediction]:
     values, indices = probabilities.topk(min(k, probabilities.numel()))
     return [Prediction(int(i), labels[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
+
+
+def _inputs(zoo_model: ZooModel, image: Image.Image) -> tuple[np.ndarray, torch.Tensor]:
+    """The crop the model sees, (H, W, 3) uint8, and the model's input, from one resize."""
+    crop, x = zoo_model.preprocess.crop_and_tensor(image)
+    return np.asarray(crop, dtype=np.uint8), x
 
 
 def predict(zoo_model: ZooModel, image: Image.Image, k: int = 5) -> list[Prediction]:
@@ -173,7 +178,7 @@ def predict(zoo_model: ZooModel, image: Image.Image, k: int = 5) -> list[Predict
     x = zoo_model.preprocess(image).to(zoo_model.device)
     with torch.no_grad():
         logits = zoo_model.model(x)[0].float().cpu()
-    return _top(logits.softmax(0), zoo_model.labels, k)
+    return top_predictions(logits.softmax(0), zoo_model.labels, k)
 
 
 def run_explanation(
@@ -203,14 +208,9 @@ def run_explanation(
         ExplainerInputError: no method chosen, an unknown method or layer, a class out of range.
         Cancelled: Score-CAM's progress callback returned False.
     """
-    names = list(dict.fromkeys(methods))
-    if not names:
-        raise MethodError("Choose at least one method.")
-    for name in names:
-        get_method(name)
+    names = check_methods(methods)
     start = time.perf_counter()
-    crop = np.asarray(zoo_model.preprocess.crop_image(image), dtype=np.uint8)
-    x = zoo_model.preprocess(image)
+    crop, x = _inputs(zoo_model, image)
     targets = None if target is None else [target]
     maps: dict[str, np.ndarray] = {}
     raw: dict[str, np.ndarray] = {}
@@ -233,7 +233,7 @@ def run_explanation(
         target_probability=float(probabilities[chosen]),
         counterfactual=counterfactual,
         image=crop,
-        top=_top(probabilities, zoo_model.labels),
+        top=top_predictions(probabilities, zoo_model.labels),
         maps=maps,
         raw=raw,
         errors=errors,
@@ -258,9 +258,7 @@ def render_panel(
     Returns:
         (H, W, 3) uint8.
     """
-    if result.kind(method) == "guided":
-        return guided_to_image(result.maps[method])
-    return overlay(result.image, result.maps[method], colormap, opacity)
+    return picture(result.kind(method), result.maps[method], result.image, colormap, opacity)
 
 
 def inspect_values(result: ExplanationResult, method: str) -> np.ndarray:
@@ -324,7 +322,7 @@ def scorecam_plan(
     """
     x = zoo_model.preprocess(image)
     passes = scorecam_passes(zoo_model.model, x, layer, target, options=_score_options(max_channels))
-    batch = ScoreOptions().batch_size or default_batch_size(x.to(zoo_model.device))
+    batch = default_batch_size(x.to(zoo_model.device))
     return ScorePlan(passes, batch)
 
 
@@ -378,8 +376,7 @@ def top_classes(
 ) -> ClassMaps:
     """A CAM for each of the k most probable classes, from one forward and one batched backward."""
     k = min(k, len(zoo_model.labels))
-    x = zoo_model.preprocess(image)
-    crop = np.asarray(zoo_model.preprocess.crop_image(image), dtype=np.uint8)
+    crop, x = _inputs(zoo_model, image)
     explanations = explain_classes(zoo_model.model, x, layer, [method], k, counterfactual)
     probabilities = explanations[0].probabilities
     classes = [
@@ -423,8 +420,7 @@ def layer_sweep(
     fuse: bool = False,
 ) -> LayerMaps:
     """One method's map at the end of every resolution stage (`stage_ends`), from one sweep."""
-    x = zoo_model.preprocess(image)
-    crop = np.asarray(zoo_model.preprocess.crop_image(image), dtype=np.uint8)
+    crop, x = _inputs(zoo_model, image)
     start = time.perf_counter()
     layers = stage_ends(zoo_model.model, zoo_model.input_size)
     results = sweep(zoo_model.model, x, layers, method, target, counterfactual)
@@ -441,13 +437,6 @@ def layer_sweep(
         fused=fused,
         seconds=time.perf_counter() - start,
     )
-
-
-def render_map(
-    image: np.ndarray, values: np.ndarray, colormap: str = "jet", opacity: float = 0.5
-) -> np.ndarray:
-    """A (H, W) map in [0, 1] laid over an (H, W, 3) uint8 image."""
-    return overlay(image, values, colormap, opacity)
 
 
 # ----------------------------------------------------------------------------- faithfulness

@@ -75,6 +75,11 @@ class Preprocessing:
         """PIL image -> normalised tensor (1, 3, crop, crop)."""
         return self.normalise(self.crop_image(image))
 
+    def crop_and_tensor(self, image: Image.Image) -> tuple[Image.Image, torch.Tensor]:
+        """What the model sees and its input, from one resize: (`crop_image`, `__call__`)."""
+        crop = self.crop_image(image)
+        return crop, self.normalise(crop)
+
     @classmethod
     def from_torchvision(cls, transforms: Callable) -> Preprocessing:
         """Read the settings of torchvision's `ImageClassification` preset (weights.transforms())."""
