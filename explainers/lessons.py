@@ -7,8 +7,9 @@ so a lesson that does not hold for this model and image says so and by how much.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -16,6 +17,8 @@ from PIL import Image
 
 from explainers.core import explain
 from explainers.images import load_image
+from explainers.metrics import class_scores, energy_in_box, saliency, spearman
+from explainers.multi import explain_classes, fuse_layers, stage_ends, sweep
 from explainers.render import overlay, to_numpy
 from explainers.samples import SAMPLES_DIR
 from models_zoo import ZooModel
@@ -31,13 +34,13 @@ class Panel:
     image: np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Lesson:
     """A lesson's claim, the live evidence for it and the verdict drawn from that evidence.
 
     Attributes:
-        key: registry key.
-        title: short heading.
+        key: registry key (set by `lesson`).
+        title: short heading (set by `lesson`).
         claim: what the literature says, one sentence.
         source: the paper it comes from.
         panels: pictures that show the evidence.
@@ -49,8 +52,8 @@ class Lesson:
         axis_titles: (x, y) axis titles of the curves.
     """
 
-    key: str
-    title: str
+    key: str = ""
+    title: str = ""
     claim: str
     source: str
     panels: list[Panel]
@@ -70,14 +73,19 @@ ORDER = ("discrimination", "instances", "depth", "counterfactual", "sanity", "wa
 
 
 def lesson(key: str, title: str) -> Callable[[LessonFn], LessonFn]:
-    """Register a lesson function under ``key`` with its heading."""
+    """Register a lesson function under ``key`` with its heading; its lessons carry both."""
 
     def add(fn: LessonFn) -> LessonFn:
         if key in LESSONS:
             raise ValueError(f"Lesson {key!r} is registered twice.")
-        LESSONS[key] = fn
+
+        @functools.wraps(fn)
+        def run(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
+            return replace(fn(zoo, image), key=key, title=title)
+
+        LESSONS[key] = run
         TITLES[key] = title
-        return fn
+        return run
 
     return add
 
@@ -95,11 +103,6 @@ def inputs(
     return image, x, np.asarray(crop)
 
 
-def class_probability(zoo: ZooModel, x: torch.Tensor, target: int) -> float:
-    with torch.inference_mode():
-        return float(zoo.model(x.to(zoo.device)).softmax(-1)[0, target])
-
-
 def label(zoo: ZooModel, index: int) -> str:
     return zoo.labels[index]
 
@@ -113,8 +116,8 @@ def counterfactual_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
     counter = explain(zoo.model, x, zoo.default_layer, ["gradcam"], target=target, counterfactual=True)
     base = float(factual.probabilities[target])
     # Remove a region softly: blend it towards the model's zero input (its mean colour).
-    without_counter = class_probability(zoo, x * (1 - counter.maps["gradcam"].cpu()), target)
-    without_factual = class_probability(zoo, x * (1 - factual.maps["gradcam"].cpu()), target)
+    removed = torch.cat([x * (1 - counter.maps["gradcam"].cpu()), x * (1 - factual.maps["gradcam"].cpu())])
+    without_counter, without_factual = class_scores(zoo.model, removed, target).tolist()
     name = label(zoo, target)
     holds = without_counter > base > without_factual
     verdict = (
@@ -124,8 +127,6 @@ def counterfactual_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
         + ("The claim holds here." if holds else "The claim does not hold for this model and image.")
     )
     return Lesson(
-        key="counterfactual",
-        title=TITLES["counterfactual"],
         claim="Negating the gradient highlights the regions that argue against the class; "
         "removing them makes the model more confident.",
         source="Selvaraju et al., Grad-CAM (arXiv 1610.02391), section 5.2",
@@ -160,7 +161,7 @@ def watermark_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     crop = zoo.preprocess.crop_image(image)
     marked = add_watermark(crop, crop.size[0])
     x_clean, x_marked = zoo.preprocess.normalise(crop), zoo.preprocess.normalise(marked)
-    before = class_probability(zoo, x_clean, CARTON)
+    before = float(class_scores(zoo.model, x_clean, CARTON)[0])
     result = explain(zoo.model, x_marked, zoo.default_layer, ["gradcam"], target=CARTON)
     after = float(result.probabilities[CARTON])
     heatmap = to_numpy(result.maps["gradcam"])
@@ -183,8 +184,6 @@ def watermark_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     )
     crop_array, marked_array = np.asarray(crop), np.asarray(marked)
     return Lesson(
-        key="watermark",
-        title=TITLES["watermark"],
         claim="ImageNet classifiers associate a faint Chinese-text watermark with the class 'carton'.",
         source="Li et al., A Whac-A-Mole Dilemma / ImageNet-W (CVPR 2023)",
         panels=[
@@ -218,14 +217,12 @@ def two_classes(zoo: ZooModel, x: torch.Tensor, image_given: bool) -> tuple[int,
 def discrimination_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Grad-CAM is class-discriminative; guided backprop alone barely is; Guided Grad-CAM is."""
     from explainers.guided import guided_to_image
-    from explainers.metrics import saliency, spearman
 
     given = image is not None
     image, x, crop = inputs(zoo, image, "cat_and_coffee.jpg")
     methods = ["gradcam", "guided_backprop", "guided_gradcam"]
     first, second = two_classes(zoo, x, given)
-    a = explain(zoo.model, x, zoo.default_layer, methods, target=first)
-    b = explain(zoo.model, x, zoo.default_layer, methods, target=second)
+    a, b = explain_classes(zoo.model, x, zoo.default_layer, methods, [first, second])
     rho = {m: spearman(saliency(a.maps[m]), saliency(b.maps[m])) for m in methods}
     name_a, name_b = label(zoo, first), label(zoo, second)
     holds = rho["gradcam"] < rho["guided_backprop"] - 0.3 and rho["guided_gradcam"] < rho["guided_backprop"]
@@ -246,8 +243,6 @@ def discrimination_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
             Panel(f"Guided Grad-CAM: {name}", guided_to_image(result.maps["guided_gradcam"])),
         ]
     return Lesson(
-        key="discrimination",
-        title=TITLES["discrimination"],
         claim="Grad-CAM's maps for two classes in one image differ; guided backprop's are nearly the "
         "same (it is barely class-discriminative); Guided Grad-CAM combines the two.",
         source="Selvaraju et al., Grad-CAM (arXiv 1610.02391), section 3",
@@ -261,7 +256,6 @@ def discrimination_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
 @lesson("instances", "Several instances of one class")
 def instances_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Grad-CAM++ claims to cover several instances of a class better than Grad-CAM."""
-    from explainers.metrics import energy_in_box
 
     image, x, crop = inputs(zoo, image, "two_cats.jpg")
     result = explain(zoo.model, x, zoo.default_layer, ["gradcam", "gradcam++"])
@@ -291,8 +285,6 @@ def instances_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         )
     )
     return Lesson(
-        key="instances",
-        title=TITLES["instances"],
         claim="Grad-CAM++ highlights every instance of a class; Grad-CAM tends to favour one.",
         source="Chattopadhyay et al., Grad-CAM++ (arXiv 1710.11063)",
         panels=[
@@ -334,8 +326,6 @@ def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         )
     )
     return Lesson(
-        key="sanity",
-        title=TITLES["sanity"],
         claim="Re-initialising the top layers changes Grad-CAM a lot but guided backprop little: "
         "guided backprop mostly reflects the image, not what the model learnt.",
         source="Adebayo et al., Sanity Checks for Saliency Maps (NeurIPS 2018)",
@@ -358,7 +348,6 @@ def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
 @lesson("depth", "Depth: coarse versus fine")
 def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Deep layers: coarse, class-level maps; shallow layers: fine detail (LayerCAM keeps them usable)."""
-    from explainers.multi import fuse_layers, stage_ends, sweep
 
     image, x, crop = inputs(zoo, image, "chelsea.jpg")
     layers = stage_ends(zoo.model, zoo.input_size)
@@ -369,7 +358,6 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     area = {layer: float((results[layer].maps["layercam"] > 0.5).float().mean()) for layer in ordered}
     # Where the class is, by the deep map; how much of each shallow map lands there.
     focus = (results[deep].maps["gradcam"] > 0.5).cpu()
-    from explainers.metrics import saliency
 
     def on_focus(method: str) -> float:
         values = saliency(results[shallow].maps[method]).cpu()
@@ -413,8 +401,6 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         Panel(f"LayerCAM fused over all stages: {name}", overlay(crop, to_numpy(fused))),
     ]
     return Lesson(
-        key="depth",
-        title=TITLES["depth"],
         claim="Deep layers give coarse, class-level maps; shallow layers give fine detail, which "
         "LayerCAM's element-wise weights are meant to keep on the object.",
         source="Selvaraju et al. 2017 (section 7.1); Jiang et al., LayerCAM (IEEE TIP 2021)",
