@@ -18,6 +18,7 @@ from PIL import Image
 
 from explainers.core import Explanation, explain
 from explainers.errors import TargetError
+from explainers.multi import explain_classes
 
 if TYPE_CHECKING:
     from models_zoo.zoo import ZooModel
@@ -100,6 +101,10 @@ def explain_panel(
         if counterfactual
         else None
     )
+    return _panel(zoo, result, opposite, crop)
+
+
+def _panel(zoo: ZooModel, result: Explanation, opposite: Explanation | None, crop: Image.Image) -> Panel:
     return Panel(
         model=zoo.name,
         class_index=result.target,
@@ -155,13 +160,16 @@ def compare_classes(
     layer: str | None = None,
     counterfactual: bool = True,
 ) -> tuple[Panel, Panel]:
-    """Two classes on one model (say cat against dog), each with its counterfactual maps.
+    """Two classes on one model (say cat against dog), each with its counterfactual maps; both
+    classes share one forward and one batched backward pass (one more pair for the counterfactuals).
 
     Raises:
         TargetError: an unknown class name or index.
     """
-    first, second = (find_class(zoo.labels, c) for c in classes)
-    return (
-        explain_panel(zoo, image, methods, first, layer, counterfactual),
-        explain_panel(zoo, image, methods, second, layer, counterfactual),
-    )
+    layer = layer or zoo.default_layer
+    targets = [find_class(zoo.labels, c) for c in classes]
+    crop, x = zoo.preprocess.crop_and_tensor(image)
+    results = explain_classes(zoo.model, x, layer, methods, targets)
+    opposites = explain_classes(zoo.model, x, layer, methods, targets, True) if counterfactual else [None] * 2
+    first, second = (_panel(zoo, r, o, crop) for r, o in zip(results, opposites, strict=True))
+    return first, second
