@@ -7,7 +7,6 @@ becomes a fresh leaf and autograd switches on, so a later backward pass stops at
 
 from __future__ import annotations
 
-import difflib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from explainers.errors import LayerError
+from explainers.errors import LayerError, did_you_mean
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
@@ -27,8 +26,7 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, [n for n in modules if n])
     raise LayerError(f"The model has no layer named {name!r}.{hint}")
 
 

@@ -9,7 +9,6 @@ counterfactual maps. Thin wrappers over `explain` that return what a side-by-sid
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from explainers.core import Explanation, explain
-from explainers.errors import TargetError
+from explainers.errors import TargetError, did_you_mean
 from explainers.multi import explain_classes
 
 if TYPE_CHECKING:
@@ -73,8 +72,7 @@ def find_class(labels: Sequence[str], wanted: str | int) -> int:
             return index
     if key.isdigit():  # an index given as text, e.g. from a form or the command line
         return find_class(labels, int(key))
-    close = difflib.get_close_matches(wanted, list(labels), n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(wanted, labels, cutoff=0.6)
     raise TargetError(f"The model has no class named {wanted!r}.{hint}")
 
 

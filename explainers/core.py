@@ -8,7 +8,6 @@ So asking for five gradient CAMs costs one forward and one backward, not five of
 
 from __future__ import annotations
 
-import difflib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explainers.capture import capture_layers, model_device
-from explainers.errors import ExplainerInputError, MethodError, TargetError
+from explainers.errors import ExplainerInputError, MethodError, TargetError, did_you_mean
 
 T = TypeVar("T")
 
@@ -189,8 +188,7 @@ def get_method(name: str) -> Method:
     """
     if name in METHODS:
         return METHODS[name]
-    close = difflib.get_close_matches(name, list(METHODS), n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, METHODS, cutoff=0.4)
     raise MethodError(f"Unknown method {name!r}.{hint} Available: {', '.join(METHODS)}.")
 
 
@@ -291,6 +289,13 @@ class Explanation:
         return self.logits.softmax(0)
 
 
+def request_options(options: Mapping[str, object] | None, eigen_smooth: bool) -> dict[str, object]:
+    """A request's method options with its ``eigen_smooth`` flag (given either way) folded in."""
+    options = dict(options or {})
+    options["eigen_smooth"] = bool(eigen_smooth or options.get("eigen_smooth"))
+    return options
+
+
 def check_methods(methods: Sequence[str]) -> list[str]:
     """The requested method names, deduplicated in order.
 
@@ -369,7 +374,7 @@ def explain(
     """
     start = time.perf_counter()
     names = check_methods(methods)
-    options = {**(options or {}), "eigen_smooth": eigen_smooth}
+    options = request_options(options, eigen_smooth)
     targets = None if target is None else [target]
     if aug_smooth:
         from explainers.smooth import explain_augmented  # imports this module

@@ -1,5 +1,16 @@
 """User-facing errors: one clear line each, shown by the CLI (exit 2) and the app (st.error)."""
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.5) -> str:
+    """ " Did you mean 'a', 'b'?" naming up to three close matches, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=cutoff)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
 
 class ExplainerInputError(ValueError):
     """Bad input from a user: an unreadable image, an unknown layer or method, a bad target."""

@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from explainers.capture import model_device
-from explainers.core import Evidence, Explanation, check_methods, collect, normalise, upsample
+from explainers.core import (
+    Evidence,
+    Explanation,
+    check_methods,
+    collect,
+    normalise,
+    request_options,
+    upsample,
+)
 from explainers.errors import ExplainerInputError, LayerError
 
 
@@ -47,7 +55,7 @@ def explain_classes(
     """
     start = time.perf_counter()
     names = check_methods(methods)
-    options = {**(options or {}), "eigen_smooth": eigen_smooth}
+    options = request_options(options, eigen_smooth)
     if isinstance(targets, int):
         evidence = Evidence(model, x, [layer], None, counterfactual, top_k=targets, options=options)
     else:
@@ -87,7 +95,7 @@ def sweep(
     names = check_methods([methods] if isinstance(methods, str) else methods)
     if not layers:
         raise LayerError("Choose at least one layer.")
-    options = {**(options or {}), "eigen_smooth": eigen_smooth}
+    options = request_options(options, eigen_smooth)
     evidence = Evidence(
         model, x, layers, None if target is None else [target], counterfactual, options=options
     )

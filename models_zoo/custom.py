@@ -7,7 +7,6 @@ tensors is ever unpickled. Every way a file can be wrong ends in one `CustomMode
 
 from __future__ import annotations
 
-import difflib
 import io
 import json
 import os
@@ -24,7 +23,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
-from explainers.errors import ExplainerInputError
+from explainers.errors import ExplainerInputError, did_you_mean
 from models_zoo.zoo import _NOT_CONVOLUTIONAL, Preprocessing, ZooModel, wrap_model
 
 Source = bytes | bytearray | memoryview | str | os.PathLike
@@ -155,8 +154,7 @@ def load_custom_model(
             `ArchitectureMismatchError`, `ClassCountError` as their names say.
     """
     if architecture not in architectures():
-        close = difflib.get_close_matches(architecture, architectures(), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(architecture, architectures())
         raise CustomModelError(f"Unknown architecture {architecture!r}.{hint} Use a torchvision model name.")
     names = read_labels(labels)
     state = read_state_dict(weights)

