@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 from torch import nn
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).parents[1]
 
@@ -24,6 +28,12 @@ class GapLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+
+
+def pearson(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """Pearson correlation of two maps, flattened, in float64 (NumPy's, independent of ours)."""
+    a, b = (np.asarray(torch.as_tensor(v).detach().cpu(), dtype=np.float64).ravel() for v in (a, b))
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def frozen(model: nn.Module) -> nn.Module:
@@ -80,6 +90,8 @@ def assert_untouched(model: nn.Module, state_before: dict, weights_before: dict)
 
 def run_page(path: str, timeout: float = 120) -> AppTest:
     """Run a Streamlit script (relative to the repository root) headless; it must not raise."""
+    from streamlit.testing.v1 import AppTest
+
     at = AppTest.from_file(str(ROOT / path), default_timeout=timeout).run()
     assert not at.exception, at.exception
     return at

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import assert_untouched, frozen, module_state
+from conftest import assert_untouched, frozen, module_state, pearson
 from torch import nn
 
 from explainers import METHODS, LayerError, MethodError, TargetError, explain
@@ -16,10 +15,6 @@ from explainers.cam import GradCAMPlusPlus
 from explainers.core import Evidence, register
 
 GRADIENT_CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
 
 
 def test_exact_answer_on_one_conv_model(gap_linear):

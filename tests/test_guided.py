@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import frozen, pearson
 from torch import nn
 
 from explainers import METHODS, Evidence, MethodError, explain, guided_to_image
@@ -20,18 +21,6 @@ from explainers.guided import _RectifyReLUs, _Rule
 pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning")
 
 GUIDED = ["guided_backprop", "deconvnet", "guided_gradcam", "guided_gradcam++"]
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
-
-
-def frozen(model: nn.Module) -> nn.Module:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
 
 
 class Tiny(nn.Module):

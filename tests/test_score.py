@@ -12,6 +12,7 @@ import threading
 import pytest
 import torch
 import torchvision
+from conftest import pearson
 from torch import nn
 
 from explainers import (
@@ -28,13 +29,6 @@ from explainers import (
 from explainers.core import Evidence, cam_from_sum
 from explainers.score import CPU_BATCH_SIZE, ScoreCAM, default_batch_size
 from explainers.smooth import eigen_projection
-
-
-def pearson(a: torch.Tensor, b) -> float:
-    a = torch.as_tensor(a).detach().flatten().double().cpu()
-    b = torch.as_tensor(b).detach().flatten().double().cpu()
-    a, b = a - a.mean(), b - b.mean()
-    return float(a @ b / (a.norm() * b.norm()))
 
 
 def resnet18(scale: float = 1.0, device: str = "cpu") -> nn.Module:
