@@ -19,6 +19,7 @@ from app_cache import (
     get_faithfulness,
     get_image,
     get_model,
+    get_npz,
     get_predictions,
     get_scorecam_plan,
     get_sweep,
@@ -570,7 +571,7 @@ def render_downloads(result: ExplanationResult, method: str, display: Display) -
         "Map (.npy)", service.to_npy(result.maps[method]), f"{stem}.npy", on_click="ignore"
     )
     right.download_button(
-        "All maps (.npz)", service.to_npz(result), f"{stem.rsplit('_', 2)[0]}_maps.npz", on_click="ignore"
+        "All maps (.npz)", get_npz(result), f"{stem.rsplit('_', 2)[0]}_maps.npz", on_click="ignore"
     )
 
 

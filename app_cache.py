@@ -64,8 +64,8 @@ def _zoo_model(name: str, random_weights: bool) -> ZooModel:
 
 @st.cache_resource
 def custom_models() -> BoundedStore[ZooModel]:
-    # A few uploaded models at a time: each holds its weights in memory.
-    return BoundedStore(3)
+    # A few uploaded models at a time (the Trust page may hold two): each holds its weights in memory.
+    return BoundedStore(4)
 
 
 def get_model(name: str, random_weights: bool) -> ZooModel:
@@ -178,3 +178,10 @@ def get_faithfulness(
 ) -> dict[str, FaithfulnessScore]:
     # `key` names the explanation `_result` came from (its cache key).
     return service.score_faithfulness(get_model(model, random_weights), _image, _result, methods)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def get_npz(result: ExplanationResult) -> bytes:
+    # Compressing every map takes ~150 ms: once per explanation, not on every rerun (hashing the
+    # result's arrays to find it costs a few ms).
+    return service.to_npz(result)

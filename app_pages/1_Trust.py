@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import streamlit as st
 from PIL import Image
 
-from app_cache import get_image, get_model
+from app_cache import get_image, get_model, load_custom
 from explainers import ExplainerInputError
 from explainers.compare import Panel, compare_classes, compare_models, explain_panel
 from explainers.core import METHODS, method_title
 from explainers.figures import region_figure, sanity_figure, selection_box, shares_figure
-from explainers.guided import guided_to_image
 from explainers.images import content_hash
 from explainers.metrics import Box, box_shares
-from explainers.render import draw_box, overlay, to_numpy
+from explainers.render import draw_box
+from explainers.render import picture as render_picture
 from explainers.samples import list_samples
 from explainers.sanity import SanityResult, sanity_check
-from models_zoo import ZooModel, cue_box, demo_image, list_zoo, load_custom_model
+from explainers.service import model_view
+from models_zoo import ZooModel, cue_box, demo_image, list_zoo
 from models_zoo.custom import architectures
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
@@ -82,7 +84,7 @@ class ModelChoice:
     weights: bytes = b""
     labels: bytes = b""
 
-    @property
+    @cached_property  # hashing an uploaded weights file once per rerun, not per use
     def key(self) -> str:
         """What identifies the model in the caches."""
         if not self.architecture:
@@ -98,12 +100,6 @@ def demo_png(with_cue: bool) -> bytes:
     buffer = io.BytesIO()
     demo_image(with_cue=with_cue).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the custom model…")
-def get_custom_model(architecture: str, key: str, _weights: bytes, _labels: bytes) -> ZooModel:
-    # Shared by every session like the zoo models; `key` carries the files' hashes.
-    return load_custom_model(architecture, _weights, _labels)
 
 
 @st.cache_data(max_entries=32, show_spinner="Explaining with both models…")
@@ -227,7 +223,7 @@ def open_model(choice: ModelChoice | None, side: str = "") -> ZooModel | None:
         return None
     try:
         if choice.architecture:
-            return get_custom_model(choice.architecture, choice.key, choice.weights, choice.labels)
+            return get_model(load_custom(choice.architecture, choice.weights, choice.labels), False)
         return get_model(choice.name, False)
     except ExplainerInputError as error:
         st.error(f"{where}{str(error).splitlines()[0]}")
@@ -258,11 +254,7 @@ def box_in_crop(zoo: ZooModel, image: Image.Image, box: Box) -> Box:
 def picture(panel: Panel, method: str, counterfactual: bool = False, box: Box | None = None) -> np.ndarray:
     """A map as shown: CAMs over the crop, guided maps in the papers' display; the box outlined."""
     explanation = panel.counterfactual if counterfactual else panel.explanation
-    values = explanation.maps[method]
-    if METHODS[method].kind == "guided":
-        image = guided_to_image(values)
-    else:
-        image = overlay(np.asarray(panel.crop), to_numpy(values))
+    image = render_picture(METHODS[method].kind, explanation.maps[method], np.asarray(panel.crop))
     return image if box is None else draw_box(image, box)
 
 
@@ -500,7 +492,7 @@ def section_sanity() -> None:
             return
     render_sanity_verdict(result)
     st.plotly_chart(sanity_figure(result), width="stretch", key="sanity_chart")
-    render_sanity_maps(result, np.asarray(zoo.preprocess.crop_image(image)), zoo.labels[result.target])
+    render_sanity_maps(result, model_view(zoo, image), zoo.labels[result.target])
 
 
 def render_sanity_verdict(result: SanityResult) -> None:
@@ -534,12 +526,7 @@ def render_sanity_maps(result: SanityResult, crop: np.ndarray, class_name: str) 
         st.markdown(f"**{method_title(method)}**")
         columns = st.columns(max(4, len(shown)))
         for column, index in zip(columns, sorted(shown), strict=False):
-            values = result.maps[method][index]
-            image = (
-                guided_to_image(values)
-                if METHODS[method].kind == "guided"
-                else overlay(crop, to_numpy(values))
-            )
+            image = render_picture(METHODS[method].kind, result.maps[method][index], crop)
             rho = "" if index == 0 else f" · ρ = {result.correlations[method][index - 1]:.2f}"
             column.image(image, caption=f"{names[index]}{rho}", width="stretch")
 
