@@ -14,33 +14,17 @@ import argparse
 import copy
 import importlib
 import json
-import statistics
-import time
+import sys
 from collections.abc import Callable
 
 import torch
 
+from benchmarks.common import GRADIENT_CAMS, time_ms
 from explainers import explain
 from models_zoo import load_model
 
-GRADIENT_CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
 # Further benchmark families: modules defining run(device, repeats) -> list of row dicts.
 CASE_MODULES = ["benchmarks.cases_guided", "benchmarks.cases_score"]
-
-
-def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of fn in milliseconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def package_five(model: torch.nn.Module, layer: str) -> Callable[[torch.Tensor, int], None]:
@@ -76,11 +60,14 @@ def core_rows(device: torch.device, repeats: int) -> list[dict]:
             with torch.no_grad():
                 zoo.model(x)
 
-        floor = median_ms(forward, repeats, device)
-        ours = median_ms(lambda: explain(zoo.model, x, layer, GRADIENT_CAMS), repeats, device)
-        target = explain(zoo.model, x, layer, ["gradcam"]).target
+        times = time_ms(
+            {"floor": forward, "ours": lambda: explain(zoo.model, x, layer, GRADIENT_CAMS)}, device, repeats
+        )
+        floor, ours = times["floor"], times["ours"]
+        with torch.no_grad():
+            target = int(zoo.model(x).argmax())
         package = package_five(zoo.model, layer)
-        theirs = median_ms(lambda: package(x, target), max(3, repeats // 2), device)
+        theirs = time_ms({"package": lambda: package(x, target)}, device, max(3, repeats // 2))["package"]
         rows += [
             {"case": f"{name} forward (floor)", "ours_ms": floor},
             {
@@ -130,7 +117,8 @@ def main() -> None:
         for module_name in CASE_MODULES:
             try:
                 module = importlib.import_module(module_name)
-            except ModuleNotFoundError:
+            except ModuleNotFoundError as error:  # e.g. the `grad-cam` package is not installed
+                print(f"skipped {module_name}: {error}", file=sys.stderr)
                 continue
             rows += module.run(str(device), args.repeats)
     print_table(rows)

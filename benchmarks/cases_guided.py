@@ -12,37 +12,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
-from collections.abc import Callable
 
-import numpy as np
 import torch
 import torchvision
 from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from benchmarks.common import pearson, time_ms
 from explainers import explain
 
 LAYER = "layer4"
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1])
-
-
-def _median_ms(
-    ours: Callable[[], object], reference: Callable[[], object], repeats: int, sync: Callable
-) -> tuple:
-    times: dict[str, list[float]] = {"ours": [], "reference": []}
-    for _ in range(repeats):
-        for key, fn in (("ours", ours), ("reference", reference)):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[key].append((time.perf_counter() - start) * 1000)
-    return statistics.median(times["ours"]), statistics.median(times["reference"])
 
 
 def run(device: str | torch.device = "cpu", repeats: int = 5) -> list[dict]:
@@ -60,7 +39,6 @@ def run(device: str | torch.device = "cpu", repeats: int = 5) -> list[dict]:
         One dict per case: case, ours_ms, reference_ms, ratio (= ours_ms / reference_ms).
     """
     device = torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     base = torchvision.models.resnet50(weights=None).eval().to(device)
     x = torch.randn(1, 3, 224, 224, device=device)
@@ -77,10 +55,10 @@ def run(device: str | torch.device = "cpu", repeats: int = 5) -> list[dict]:
         def reference(package=package):
             return package(x.clone(), target_category=target)  # (H, W, 3) numpy
 
-        agreement = _pearson(ours().cpu().numpy(), reference())
+        agreement = pearson(ours(), reference())
         if agreement < 0.999:
             raise RuntimeError(f"ours and the package disagree (Pearson {agreement:.4f})")
-        ours_ms, reference_ms = _median_ms(ours, reference, repeats, sync)
+        ours_ms, reference_ms = time_ms({"ours": ours, "reference": reference}, device, repeats).values()
         case = f"guided_backprop resnet50 224 ({'frozen' if frozen else 'trainable'} params)"
         rows.append(
             {"case": case, "ours_ms": ours_ms, "reference_ms": reference_ms, "ratio": ours_ms / reference_ms}
@@ -98,10 +76,10 @@ def run(device: str | torch.device = "cpu", repeats: int = 5) -> list[dict]:
         mask = package_cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])[0]  # (H, W)
         return package_gb(x.clone(), target_category=target) * mask[..., None]
 
-    agreement = _pearson(ours_ggc().cpu().numpy(), reference_ggc())
+    agreement = pearson(ours_ggc(), reference_ggc())
     if agreement < 0.999:
         raise RuntimeError(f"ours and the package disagree on guided Grad-CAM (Pearson {agreement:.4f})")
-    ours_ms, reference_ms = _median_ms(ours_ggc, reference_ggc, repeats, sync)
+    ours_ms, reference_ms = time_ms({"ours": ours_ggc, "reference": reference_ggc}, device, repeats).values()
     rows.append(
         {
             "case": "guided_gradcam resnet50 224 (trainable params)",

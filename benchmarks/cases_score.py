@@ -15,36 +15,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import time
-from collections.abc import Callable
 
 import torch
 import torchvision
 
+from benchmarks.common import GRADIENT_CAMS, pearson, time_ms
 from explainers import explain, explain_classes, sweep
 
-GRADIENT_CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
 PACKAGE_BATCH_SIZES = (16, 32, 64, 128)
-
-
-def compare(
-    fns: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 1
-) -> dict[str, float]:
-    """Best wall time in milliseconds of each function, runs interleaved, after ``warmup`` each."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            best[name] = min(best[name], (time.perf_counter() - start) * 1000)
-    return best
 
 
 def row(case: str, ours_ms: float, reference_ms: float, note: str) -> dict:
@@ -61,11 +39,6 @@ def model_and_input(name: str, device: str, size: int = 224) -> tuple[torch.nn.M
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval().to(device)
     return model, torch.randn(1, 3, size, size, device=device)
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double() - a.double().mean(), b.flatten().double() - b.double().mean()
-    return float(a @ b / (a.norm() * b.norm()))
 
 
 def scorecam_case(device: str, repeats: int, model_name: str) -> list[dict]:
@@ -93,9 +66,9 @@ def scorecam_case(device: str, repeats: int, model_name: str) -> list[dict]:
     trials = {}
     for batch_size in PACKAGE_BATCH_SIZES:
         cam.batch_size = batch_size
-        trials[batch_size] = compare({"package": package}, device, 1, warmup=0)["package"]
+        trials[batch_size] = time_ms({"package": package}, device, 1, warmup=0, summary=min)["package"]
     cam.batch_size = best = min(trials, key=trials.get)
-    times = compare(
+    times = time_ms(
         {
             "ours": lambda: explain(model, x, "layer4", ["scorecam"], target, options=options),
             "approx": lambda: explain(model, x, "layer4", ["scorecam"], target, options=approx_options),
@@ -104,6 +77,7 @@ def scorecam_case(device: str, repeats: int, model_name: str) -> list[dict]:
         device,
         repeats,
         warmup=0,
+        summary=min,
     )
     package_ms = min(times["package"], trials[best])
     tried = ", ".join(f"{b}: {t:.0f} ms" for b, t in trials.items())
@@ -126,7 +100,7 @@ def classes_case(device: str, repeats: int, model_name: str) -> list[dict]:
     model, x = model_and_input(model_name, device)
     with torch.no_grad():
         top5 = model(x)[0].topk(5).indices.tolist()
-    times = compare(
+    times = time_ms(
         {
             "five": lambda: explain_classes(model, x, "layer4", GRADIENT_CAMS, 5),
             "one": lambda: explain(model, x, "layer4", GRADIENT_CAMS, top5[0]),
@@ -134,6 +108,7 @@ def classes_case(device: str, repeats: int, model_name: str) -> list[dict]:
         },
         device,
         repeats,
+        summary=min,
     )
     note = f"{model_name} layer4 at 224, {len(GRADIENT_CAMS)} gradient CAMs"
     return [
@@ -147,7 +122,7 @@ def sweep_case(device: str, repeats: int, model_name: str) -> list[dict]:
     model, x = model_and_input(model_name, device)
     layers = ["layer1", "layer2", "layer3", "layer4"]
     methods = ["gradcam", "layercam"]
-    times = compare(
+    times = time_ms(
         {
             "sweep": lambda: sweep(model, x, layers, methods),
             "layer4": lambda: explain(model, x, "layer4", methods),
@@ -156,6 +131,7 @@ def sweep_case(device: str, repeats: int, model_name: str) -> list[dict]:
         },
         device,
         repeats,
+        summary=min,
     )
     note = f"{model_name} layer1-4 at 224, Grad-CAM + LayerCAM"
     return [
@@ -208,7 +184,11 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="a torchvision ResNet (default resnet50)")
     args = parser.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name()
+        if torch.device(device).type == "cuda"
+        else f"cpu, {torch.get_num_threads()} threads"
+    )
     print(f"device: {name}")
     print(format_table(run(device, args.repeats, args.model)))
 
