@@ -113,8 +113,7 @@ def audit_image(
     row = Row(image=path.name)
     image = load_image(path)
     crop, x = zoo.preprocess.crop_and_tensor(image)
-    target = None if args.target is None else find_class(zoo.labels, args.target)
-    result = explain(zoo.model, x, args.layer, methods, target=target)
+    result = explain(zoo.model, x, args.layer, methods, target=args.target)
     predicted = int(result.logits.argmax())
     row.prediction, row.probability = zoo.labels[predicted], float(result.probabilities[predicted])
     row.target, row.target_probability = zoo.labels[result.target], float(result.probabilities[result.target])
@@ -142,6 +141,15 @@ def audit_image(
         row.pictures[name] = f"overlays/{file}"
     row.faithfulness = scores
     return row
+
+
+def summary_text(values: dict[str, float]) -> str:
+    """One method's faithfulness over the folder, as one line."""
+    return (
+        f"Average Drop {values['average_drop']:.1f}%, Increase in Confidence "
+        f"{values['increase_in_confidence']:.1f}%, deletion AUC {values['deletion_auc']:.3f}, "
+        f"insertion AUC {values['insertion_auc']:.3f}"
+    )
 
 
 def write_csv(path: Path, rows: list[Row], methods: list[str], box: Box | None) -> None:
@@ -186,12 +194,7 @@ def write_html(path: Path, rows: list[Row], methods: list[str], summary: dict, c
                 lines.append(f"in box {s['energy_in_box']:.0%}")
             cells.append(f'<td><img src="{e(row.pictures[m])}" alt=""><br>{"<br>".join(lines)}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
-    totals = "".join(
-        f"<li>{e(method_title(m))}: Average Drop {v['average_drop']:.1f}%, Increase in Confidence "
-        f"{v['increase_in_confidence']:.1f}%, deletion AUC {v['deletion_auc']:.3f}, "
-        f"insertion AUC {v['insertion_auc']:.3f}</li>"
-        for m, v in summary.items()
-    )
+    totals = "".join(f"<li>{e(method_title(m))}: {e(summary_text(v))}</li>" for m, v in summary.items())
     path.write_text(
         f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CAM Explorer audit</title>
@@ -223,8 +226,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
         raise ExplainerInputError(
             f"The box {box} reaches outside the model input, {zoo.input_size[1]}×{zoo.input_size[0]}."
         )
-    if args.target is not None:
-        find_class(zoo.labels, args.target)
+    if args.target is not None:  # a name or an index, checked once: an index from here on
+        args.target = find_class(zoo.labels, args.target)
     (args.out / "overlays").mkdir(parents=True, exist_ok=True)
 
     rows = []
@@ -257,11 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     good = sum(row.status == "ok" for row in rows)
     for method, values in summary.items():
-        print(
-            f"{method}: Average Drop {values['average_drop']:.1f}%, Increase in Confidence "
-            f"{values['increase_in_confidence']:.1f}%, deletion AUC {values['deletion_auc']:.3f}, "
-            f"insertion AUC {values['insertion_auc']:.3f}"
-        )
+        print(f"{method}: {summary_text(values)}")
     print(f"{good} of {len(rows)} images explained -> {args.out / 'audit.csv'}, {args.out / 'index.html'}")
     return 0 if good else 1
 
