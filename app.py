@@ -260,9 +260,8 @@ def open_model(request: ModelRequest) -> tuple[tuple[str, bool], ZooModel] | Non
         upload = request.custom
         name = load_custom(upload.architecture, upload.weights, upload.labels)
         return (name, False), get_model(name, False)
-    except (ExplainerInputError, RuntimeError) as error:
-        # A user's file can fail in ways we did not foresee: one line, and the page goes on.
-        st.error(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    except ExplainerInputError as error:
+        st.error(str(error).splitlines()[0])
         return None
 
 

@@ -153,8 +153,9 @@ def load_custom_model(
         CustomModelError: unknown architecture; `UnsafeWeightsError`, `CorruptWeightsError`,
             `ArchitectureMismatchError`, `ClassCountError` as their names say.
     """
-    if architecture not in architectures():
-        hint = did_you_mean(architecture, architectures())
+    known = architectures()
+    if architecture not in known:
+        hint = did_you_mean(architecture, known)
         raise CustomModelError(f"Unknown architecture {architecture!r}.{hint} Use a torchvision model name.")
     names = read_labels(labels)
     state = read_state_dict(weights)
@@ -162,10 +163,16 @@ def load_custom_model(
         warnings.simplefilter("ignore", FutureWarning)
         model = get_model(architecture, weights=None, num_classes=len(names))
     _check_fits(model, state, architecture, len(names))
-    model.load_state_dict(state, strict=True)
     preprocessing = Preprocessing.from_torchvision(get_model_weights(architecture).DEFAULT.transforms())
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return wrap_model(name or f"{architecture} (custom)", model, preprocessing, names, default_layer, device)
+    try:
+        model.load_state_dict(state, strict=True)
+        return wrap_model(
+            name or f"{architecture} (custom)", model, preprocessing, names, default_layer, device
+        )
+    except RuntimeError as error:  # a user's file can fail in ways the checks above did not foresee
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CustomModelError(f"The weights do not load into {architecture}: {first_line}") from error
 
 
 def _read(source: Source, what: str) -> bytes:
