@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_browser import artifacts, assert_no_exception, browser, server, wait_until_idle  # noqa: F401
+from browser_support import assert_no_exception, wait_until_idle
 
 from explainers.lessons import TITLES, teaching_order
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def lessons_page(browser, server):  # noqa: F811
+def lessons_page(browser, server):
     context = browser.new_context(viewport={"width": 1440, "height": 1800})
     page = context.new_page()
     page.set_default_timeout(180_000)  # a lesson computes for seconds; the first loads the model
@@ -24,12 +24,12 @@ def lessons_page(browser, server):  # noqa: F811
 
 
 @pytest.mark.parametrize("number, key", list(enumerate(teaching_order(), 1)))
-def test_every_lesson_runs_in_the_browser(lessons_page, artifacts, number, key):  # noqa: F811
+def test_every_lesson_runs_in_the_browser(lessons_page, artifacts, number, key):
     page = lessons_page
     page.get_by_text(f"{number}. {TITLES[key]}", exact=True).click()
-    page.get_by_role("heading", name=TITLES[key]).wait_for()
+    page.get_by_role("heading", name=TITLES[key]).wait_for()  # the new run has started
+    wait_until_idle(page)  # and finished: the previous lesson's elements are gone
     page.get_by_text("Measured now").wait_for()
-    wait_until_idle(page)
     verdict = (
         page.locator('[data-testid="stAlert"]')
         .filter(has_text=re.compile(r"(Holds|Does not hold) here"))
