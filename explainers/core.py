@@ -36,7 +36,7 @@ class Evidence:
 
     Args:
         model: a classifier in eval mode; never modified.
-        x: the input, (1, 3, H, W).
+        x: the input, (1, channels, H, W) (3 for RGB models, 1 for grayscale ones).
         layers: module names to capture; gradients reach the shallowest and stop there.
         targets: class indices; None means the predicted top-``top_k`` classes.
         counterfactual: negate the gradients (Grad-CAM paper, section 5.2).
@@ -64,8 +64,10 @@ class Evidence:
                 "The model is in training mode; call model.eval() first (a training-mode "
                 "forward pass would update its BatchNorm statistics)."
             )
-        if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
-            raise ExplainerInputError(f"Expected an input of shape (1, 3, H, W), got {tuple(x.shape)}.")
+        if x.ndim != 4 or x.shape[0] != 1:
+            raise ExplainerInputError(
+                f"Expected one image of shape (1, channels, H, W), got {tuple(x.shape)}."
+            )
         self.model = model
         self.device = model_device(model)
         self.x = x.to(self.device, torch.float32)

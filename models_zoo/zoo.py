@@ -135,6 +135,8 @@ class ZooModel:
         labels: class names in output order.
         default_layer: the recommended target layer (a name from `named_modules()`).
         input_size: (H, W) of the model's input.
+        trained: False for a model with random weights (``weights=None``): its outputs and maps
+            carry no learned evidence, and verdicts must say so.
     """
 
     name: str
@@ -143,6 +145,7 @@ class ZooModel:
     labels: tuple[str, ...]
     default_layer: str
     input_size: tuple[int, int]
+    trained: bool = True
     _layers: tuple[LayerInfo, ...] = field(default=(), repr=False, compare=False)
 
     def layers(self) -> list[LayerInfo]:
@@ -319,7 +322,9 @@ def load_model(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with _load_lock:  # torch.hub downloads and caches are not safe to race
         model = spec.build(weights)
-    return wrap_model(name, model, spec.preprocessing, spec.labels, spec.default_layer, device)
+    return wrap_model(
+        name, model, spec.preprocessing, spec.labels, spec.default_layer, device, trained=weights is not None
+    )
 
 
 def wrap_model(
@@ -329,6 +334,8 @@ def wrap_model(
     labels: tuple[str, ...],
     default_layer: str | None = None,
     device: torch.device | str = "cpu",
+    *,
+    trained: bool = True,
 ) -> ZooModel:
     """Freeze a classifier (eval mode, no parameter grads), probe its layers and wrap it."""
     model = model.to(device).eval()
@@ -339,4 +346,4 @@ def wrap_model(
     chosen = default_layer or deepest
     if chosen is None:
         raise ModelError(f"{name} has no convolutional feature maps to explain.")
-    return ZooModel(name, model, preprocessing, tuple(labels), chosen, input_size, tuple(layers))
+    return ZooModel(name, model, preprocessing, tuple(labels), chosen, input_size, trained, tuple(layers))
