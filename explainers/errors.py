@@ -1,27 +1,26 @@
-"""User-facing errors: one clear line each, shown by the CLI (exit 2) and the app (st.error)."""
+"""User-facing errors: one clear line each, shown by the CLI (exit 2) and the app (st.error).
+
+The base class, `LayerError` and `did_you_mean` live in `models_zoo.errors` (the registry raises
+them too, and does not import the explainers); they are re-exported here.
+"""
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
+from models_zoo.errors import ExplainerInputError, LayerError, did_you_mean
 
-
-def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.5) -> str:
-    """ " Did you mean 'a', 'b'?" naming up to three close matches, or "" when none is close."""
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=cutoff)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
-class ExplainerInputError(ValueError):
-    """Bad input from a user: an unreadable image, an unknown layer or method, a bad target."""
+__all__ = [
+    "Cancelled",
+    "ExplainerInputError",
+    "ImageError",
+    "LayerError",
+    "MethodError",
+    "TargetError",
+    "did_you_mean",
+]
 
 
 class ImageError(ExplainerInputError):
     """The image cannot be read or is unsuitable (corrupt, too large, too small)."""
-
-
-class LayerError(ExplainerInputError):
-    """The target layer does not exist, is not a feature map, or runs more than once."""
 
 
 class MethodError(ExplainerInputError):
