@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainers.capture import capture_layers, model_device
+from explainers.capture import Captured, capture_targets, model_device
 from explainers.errors import ExplainerInputError, MethodError, TargetError, did_you_mean
 
 T = TypeVar("T")
@@ -37,7 +37,8 @@ class Evidence:
     Args:
         model: a classifier in eval mode; never modified.
         x: the input, (1, channels, H, W) (3 for RGB models, 1 for grayscale ones).
-        layers: module names to capture; gradients reach the shallowest and stop there.
+        layers: targets to capture (module names, ``"final"``, ``"fc:input"``, ``"_bn1:relu"``:
+            see `models_zoo.targets`); gradients reach the shallowest and stop there.
         targets: class indices; None means the predicted top-``top_k`` classes.
         counterfactual: negate the gradients (Grad-CAM paper, section 5.2).
         top_k: how many of the highest-scoring classes to explain when ``targets`` is None.
@@ -85,8 +86,9 @@ class Evidence:
         return self.x.shape[-2], self.x.shape[-1]
 
     @cached_property
-    def _forward(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with capture_layers(self.model, self.layers) as captured, torch.no_grad():
+    def _forward(self) -> tuple[torch.Tensor, dict[str, Captured]]:
+        shape = tuple(self.x.shape[1:])
+        with capture_targets(self.model, self.layers, shape) as captured, torch.no_grad():
             logits = self.model(self.x)
         missing = [name for name in self.layers if name not in captured]
         if missing:
@@ -122,16 +124,17 @@ class Evidence:
         return tuple(self._forward[1])
 
     def activations(self, layer: str) -> torch.Tensor:
-        """The layer's output, (1, C, h, w), detached."""
-        return self._forward[1][layer].detach()
+        """The target's feature map, (1, C, h, w), detached (token and channels-last tensors
+        viewed as maps)."""
+        return self._forward[1][layer].feature_map().detach()
 
     @cached_property
     def _gradients(self) -> dict[str, torch.Tensor]:
         # One backward for all layers and all target classes.
-        activations = [self._forward[1][name] for name in self.layers]
-        grads = batched_grad(self.logits[self.targets], activations)
+        captured = [self._forward[1][name] for name in self.layers]
+        grads = batched_grad(self.logits[self.targets], [c.tensor for c in captured])
         sign = -1.0 if self.counterfactual else 1.0
-        return {name: sign * g for name, g in zip(self.layers, grads)}
+        return {name: sign * c.view(g) for name, c, g in zip(self.layers, captured, grads)}
 
     def gradients(self, layer: str) -> torch.Tensor:
         """d(score of each target)/d(activation), (k, C, h, w); negated when counterfactual."""
@@ -383,4 +386,13 @@ def explain(
 
         return explain_augmented(model, x, layer, names, targets, counterfactual, options, start)
     evidence = Evidence(model, x, [layer], targets, counterfactual, options=options)
-    return collect(evidence, names, layer, seconds=time.perf_counter() - start)
+    for name in names:  # the passes are lazy: run them all before reading the clock
+        evidence.result(name, layer)
+    return collect(evidence, names, layer, seconds=elapsed(start, evidence.device))
+
+
+def elapsed(start: float, device: torch.device) -> float:
+    """Seconds since ``start`` once the device has finished its queued work (CUDA is asynchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

@@ -36,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from explainers.core import Evidence, Method, batched_grad, register
 from explainers.errors import MethodError
+from models_zoo.targets import RELU_CALLS
 
 
 @dataclass
@@ -69,45 +70,6 @@ class _RectifiedReLU(torch.autograd.Function):
         return grad, None, None, None
 
 
-# Each ReLU-like torch function -> a parser of its arguments into (input, upper clip, in place),
-# or None where the call is not a ReLU (a hardtanh with a lower bound other than 0).
-_ReluCall = tuple[torch.Tensor, float | None, bool]
-
-
-def _relu(input: torch.Tensor, inplace: bool = False) -> _ReluCall:
-    return input, None, inplace
-
-
-def _relu_(input: torch.Tensor) -> _ReluCall:
-    return input, None, True
-
-
-def _relu6(input: torch.Tensor, inplace: bool = False) -> _ReluCall:
-    return input, 6.0, inplace
-
-
-def _hardtanh(
-    input: torch.Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False
-) -> _ReluCall | None:
-    # nn.ReLU6 is Hardtanh(0, 6) and calls F.hardtanh.
-    return (input, float(max_val), inplace) if min_val == 0 else None
-
-
-def _hardtanh_(input: torch.Tensor, min_val: float = -1.0, max_val: float = 1.0) -> _ReluCall | None:
-    return _hardtanh(input, min_val, max_val, inplace=True)
-
-
-_RELU_CALLS: dict[Callable, Callable[..., _ReluCall | None]] = {
-    F.relu: _relu,
-    torch.relu: _relu,
-    torch.Tensor.relu: _relu,
-    torch.relu_: _relu_,  # also F.relu_
-    torch.Tensor.relu_: _relu_,
-    F.relu6: _relu6,
-    F.hardtanh: _hardtanh,
-    F.hardtanh_: _hardtanh_,
-}
-
 # Activations without a guided rule; seeing one makes the pass refuse the model.
 _UNSUPPORTED = {
     F.silu, F.gelu, F.hardswish, F.mish, F.elu, F.elu_, F.selu, F.selu_, F.celu, F.celu_,
@@ -128,7 +90,7 @@ class _RectifyReLUs(TorchFunctionMode):
         self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        parse = _RELU_CALLS.get(func)
+        parse = RELU_CALLS.get(func)
         if parse is not None:
             call = parse(*args, **kwargs)
             if call is not None:

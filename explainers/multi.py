@@ -10,24 +10,24 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from explainers.capture import model_device
 from explainers.core import (
     Evidence,
     Explanation,
     check_methods,
     collect,
+    elapsed,
     normalise,
     request_options,
     upsample,
 )
 from explainers.errors import ExplainerInputError, LayerError
+from models_zoo.targets import probe
 
 
 def explain_classes(
@@ -62,7 +62,7 @@ def explain_classes(
         evidence = Evidence(model, x, [layer], targets, counterfactual, options=options)
     for name in names:  # compute every map for all classes before timing the call
         evidence.result(name, layer)
-    seconds = time.perf_counter() - start
+    seconds = elapsed(start, evidence.device)
     return [collect(evidence, names, layer, i, seconds) for i in range(evidence.targets.numel())]
 
 
@@ -103,7 +103,7 @@ def sweep(
     for layer in ordered:
         for name in names:
             evidence.result(name, layer)
-    seconds = time.perf_counter() - start
+    seconds = elapsed(start, evidence.device)
     return {layer: collect(evidence, names, layer, 0, seconds) for layer in ordered}
 
 
@@ -153,67 +153,15 @@ def fuse_layers(
     return normalise(fused, fused.flatten(1).amax(1))[0]
 
 
-def stage_ends(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> list[str]:
-    """The layers that end each resolution stage, shallow to deep: candidates for `sweep`.
+def stage_ends(model: nn.Module, input_size: tuple[int, int] = (224, 224), channels: int = 3) -> list[str]:
+    """The targets that end each resolution stage, shallow to deep: candidates for `sweep`.
 
-    One probe forward on a zero image records, for every module that runs once, its input
-    and output. Where a module changes the spatial size, the module that produced its input
-    (the outermost one, e.g. ``layer1`` rather than ``layer1.1``) ends a stage; of several
-    at one resolution, the first to finish. The network's last feature map larger than 1 x 1
-    ends the last stage. Adaptive pooling modules are skipped (they belong to the classifier head).
+    Found by one probe pass (`models_zoo.targets.probe`): where the network shrinks a resolution,
+    the tensor it shrinks, rectified where the network has a rectified map there; the deepest is
+    the final feature map (the tensor the head pools).
 
     Returns:
-        Module names for `sweep`, e.g. ``["relu", "layer1", "layer2", "layer3", "layer4"]``
-        for a torchvision ResNet at 224 x 224.
+        Target names, e.g. ``["relu", "layer1", "layer2", "layer3", "final"]`` for a torchvision
+        ResNet at 224 x 224.
     """
-    owner = threading.get_ident()
-    calls: dict[str, int] = {}
-    records: list[tuple[str, object, torch.Tensor]] = []  # (name, first input, output), in run order
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
-            if threading.get_ident() != owner:
-                return
-            calls[name] = calls.get(name, 0) + 1
-            if isinstance(output, torch.Tensor) and output.ndim == 4:
-                records.append((name, inputs[0] if inputs else None, output))
-
-        return hook
-
-    skip = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            # Pass-through modules (packages define their own Identity) return their input
-            # object and would be taken for the module that produced it.
-            passes_through = isinstance(module, nn.Identity) or type(module).__name__ == "Identity"
-            if name and not isinstance(module, skip) and not passes_through:
-                handles.append(module.register_forward_hook(make_hook(name)))
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, *input_size, device=model_device(model)))
-    finally:
-        for handle in handles:
-            handle.remove()
-    records = [r for r in records if calls[r[0]] == 1]
-    producer: dict[int, str] = {}  # output tensor -> the last (outermost) module returning it
-    for name, _, output in records:
-        producer[id(output)] = name
-    order = {name: i for i, (name, _, _) in enumerate(records)}
-    # Per resolution, the first module (in finishing order) whose output feeds a module that
-    # changes the spatial size: ``layer1``, not ``layer2.0.bn1`` that a strided ``conv2`` reads.
-    ends: dict[tuple[int, int], str] = {}
-    for _, source, output in records:
-        # Both sides shrink: a downsampling (a permute to channels-last changes one only).
-        if isinstance(source, torch.Tensor) and source.ndim == 4 and _shrinks(source, output):
-            name = producer.get(id(source))
-            size = tuple(source.shape[-2:])
-            if name is not None and (size not in ends or order[name] < order[ends[size]]):
-                ends[size] = name
-    deepest = [output for _, _, output in records if output.shape[-2] * output.shape[-1] > 1]
-    if deepest:  # the last feature map ends the last stage
-        ends[tuple(deepest[-1].shape[-2:])] = producer[id(deepest[-1])]
-    return sorted(set(ends.values()), key=lambda name: order[name])
-
-
-def _shrinks(source: torch.Tensor, output: torch.Tensor) -> bool:
-    return output.shape[-2] < source.shape[-2] and output.shape[-1] < source.shape[-1]
+    return [layer.name for layer in probe(model, (channels, *input_size)).stages]

@@ -3,10 +3,10 @@
 from models_zoo import bias_demo  # noqa: F401  (registers bias_demo_biased / bias_demo_unbiased)
 from models_zoo.bias_demo import cue_box, demo_image, load_bias_demo
 from models_zoo.custom import CustomModelError, load_custom_model
+from models_zoo.targets import FINAL, Anatomy, LayerInfo, probe
 from models_zoo.zoo import (
     DEFAULT_MODEL,
     REGISTRY,
-    LayerInfo,
     ModelError,
     ModelSpec,
     Preprocessing,
@@ -14,12 +14,13 @@ from models_zoo.zoo import (
     ZooModel,
     list_zoo,
     load_model,
-    probe_layers,
     register_model,
     wrap_model,
 )
 
 __all__ = [
+    "FINAL",
+    "Anatomy",
     "DEFAULT_MODEL",
     "CustomModelError",
     "REGISTRY",
@@ -36,7 +37,7 @@ __all__ = [
     "load_bias_demo",
     "load_custom_model",
     "load_model",
-    "probe_layers",
+    "probe",
     "register_model",
     "wrap_model",
 ]

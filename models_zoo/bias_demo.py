@@ -124,7 +124,7 @@ def build(which: Which, weights: str | None = "default") -> nn.Module:
 
 
 def load_bias_demo(which: Which, device: str | torch.device | None = None) -> ZooModel:
-    """The biased or unbiased demo classifier, ready to explain (Grad-CAM layer `_bn1`).
+    """The biased or unbiased demo classifier, ready to explain at its final feature map.
 
     Raises:
         ValueError: ``which`` is neither "biased" nor "unbiased".
@@ -141,7 +141,6 @@ for _which in ("biased", "unbiased"):
             build=lambda weights, which=_which: build(which, weights),
             preprocessing=PREPROCESSING,
             labels=LABELS,
-            default_layer="_bn1",
             source=f"bias demo: EfficientNet-Lite0 + {_which} stripes/dots head (assets/bias_demo)",
         )
     )

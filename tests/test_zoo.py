@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import urllib.error
 
 import pytest
 import torch
+from conftest import pearson
 from PIL import Image
 
 import models_zoo
 from explainers import explain
+from explainers.core import Evidence
 from explainers.samples import SAMPLES_DIR
 from models_zoo import (
     DEFAULT_MODEL,
+    FINAL,
     REGISTRY,
     ModelError,
     Preprocessing,
@@ -64,22 +68,25 @@ def test_zoo_model_contract(lite0):
     assert lite0.preprocess.crop_image(sample("rocket.jpg")).size == (224, 224)
     layers = lite0.layers()
     names = [layer.name for layer in layers]
-    assert lite0.default_layer == "_bn1" == names[0]
-    assert layers[0].shape == (1280, 7, 7)
-    assert "_swish" not in names  # runs twice: ambiguous
+    assert lite0.default_layer == "final" == names[0]
+    assert layers[0].shape == (1280, 7, 7) and layers[0].label == "final feature map (1280×7×7)"
+    assert layers[1].label.startswith("stage 4 · 14×14 — ")
+    assert "_swish" not in names  # runs many times: ambiguous; its outputs are reached as "x:relu"
+    assert "_bn1:relu" in names and "_blocks.15._bn0:relu" in names
     assert len(set(names)) == len(names)
-    # Deepest first: spatial size never grows along the list.
-    sizes = [layer.shape[1] for layer in layers]
+    # After the final map and the stages, the module outputs run deepest first.
+    modules_only = [layer for layer in layers if not layer.title]
+    sizes = [layer.shape[1] for layer in modules_only]
     assert sizes == sorted(sizes)
     modules = dict(lite0.model.named_modules())
-    assert all(name in modules for name in names)
+    assert all(name.removesuffix(":relu") in modules for name in names if name != "final")
+    assert lite0.resolve_layer("stage 2") == lite0.resolve_layer("stage2") == lite0.stages()[1].name
 
 
-def test_list_starts_with_the_offline_default_and_skips_transformers():
+def test_list_starts_with_the_offline_default_and_has_every_torchvision_classifier():
     names = list_zoo()
     assert names[0] == DEFAULT_MODEL
-    assert "resnet50" in names and "densenet121" in names
-    assert not any(name.startswith("vit_") for name in names)
+    assert {"resnet50", "densenet121", "vit_b_16", "swin_t", "swin_v2_b", "maxvit_t"} <= set(names)
 
 
 def test_unknown_model_names_close_matches():
@@ -106,31 +113,66 @@ def test_missing_weights_name_the_file_and_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name, layer",
+    "name, stages",
     [
-        ("resnet50", "layer4"),
-        ("vgg16", "features.29"),
-        ("densenet121", "features"),
-        ("mobilenet_v3_small", "features"),
+        ("resnet50", ["relu", "layer1", "layer2", "layer3", FINAL]),
+        ("vgg16", ["features.3", "features.8", "features.15", "features.22", "features.29", FINAL]),
+        ("mobilenet_v3_small", None),
     ],
 )
-def test_random_weight_models_pick_the_last_feature_map(name, layer):
+def test_random_weight_models_default_to_the_final_feature_map(name, stages):
     zoo = load_model(name, weights=None, device="cpu")
-    assert zoo.default_layer == layer
+    assert zoo.default_layer == FINAL
+    if stages is not None:
+        assert [layer.name for layer in zoo.stages()] == stages
     x = torch.randn(1, 3, *zoo.input_size)
     result = explain(zoo.model, x, zoo.default_layer, ["gradcam"])
     assert result.maps["gradcam"].shape == zoo.input_size
 
 
+# Families whose head pools the output of a ReLU (or ReLU6): their default must be rectified.
+RECTIFYING = (
+    "alexnet", "densenet", "googlenet", "inception", "mnasnet", "mobilenet_v2", "regnet", "resnet",
+    "resnext", "shufflenet", "squeezenet", "vgg", "wide_resnet", DEFAULT_MODEL,
+)  # fmt: skip
+# Families that end in global average pooling and one linear layer: CAM applies at "final".
+GAP_LINEAR = (
+    "densenet", "efficientnet", "googlenet", "inception", "mnasnet", "mobilenet_v2", "regnet", "resnet",
+    "resnext", "shufflenet", "swin", "wide_resnet",
+)  # fmt: skip
+GRADIENT_CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
+
+
+def with_random_head(zoo) -> torch.nn.Module:
+    """A copy whose last linear (or, in SqueezeNet, convolutional) layer has unit-scale random
+    weights: torchvision zero-initialises ViT's head, and tiny random heads leave rounding noise."""
+    model = copy.deepcopy(zoo.model)
+    head = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    torch.manual_seed(0)
+    head.weight.normal_(0, 1)
+    return model
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in sorted(REGISTRY) if n != DEFAULT_MODEL])
-def test_every_registered_model_builds_and_explains(name):
+def test_every_registered_model_explains_at_its_default_target(name):
     zoo = load_model(name, weights=None, device="cpu")
-    assert zoo.default_layer in {layer.name for layer in zoo.layers()}
-    result = explain(
-        zoo.model, torch.randn(1, 3, *zoo.input_size), zoo.default_layer, ["gradcam", "layercam"]
-    )
-    assert torch.isfinite(result.maps["gradcam"]).all()
+    assert zoo.default_layer == zoo.layers()[0].name
+    model = with_random_head(zoo)
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, *zoo.input_size)
+    evidence = Evidence(model, x, [zoo.default_layer])
+    if name.startswith(RECTIFYING):
+        assert zoo.default_layer == FINAL and zoo.layers()[0].rectified
+        assert evidence.activations(FINAL).min() >= 0
+    result = explain(model, x, zoo.default_layer, GRADIENT_CAMS)
+    for method in GRADIENT_CAMS:
+        assert torch.isfinite(result.maps[method]).all(), method
+    assert result.maps["gradcam"].amax() > 0  # a random head still gives evidence somewhere
+    if name.startswith(GAP_LINEAR):
+        cam = explain(model, x, FINAL, ["cam", "gradcam", "xgradcam"])
+        for method in ("cam", "xgradcam"):
+            assert pearson(cam.maps[method], cam.maps["gradcam"]) >= 0.999, method
 
 
 def test_registry_refuses_duplicates():
