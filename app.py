@@ -162,10 +162,11 @@ def sidebar_layer(zoo_model: ZooModel) -> str:
         "Target layer",
         names,
         index=names.index(zoo_model.default_layer),
-        format_func=lambda name: labels[name] + ("  ★" if name == zoo_model.default_layer else ""),
+        format_func=lambda name: labels[name] + (" ★" if name == zoo_model.default_layer else ""),
         key=f"layer:{zoo_model.name}",
-        help="Feature-map size in brackets; ★ marks the recommended layer. "
-        "Deep layers give coarse maps, shallow ones fine.",
+        help="★ the recommended target: the final feature map, the rectified map the classifier head "
+        "pools, where the CAM formulas are derived. Then the end of each resolution stage, deep "
+        "(coarse maps) to shallow (fine), then every layer by name (`:relu` = its rectified output).",
     )
 
 

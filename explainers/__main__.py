@@ -20,6 +20,7 @@ from PIL import Image
 from explainers import METHODS, explain
 from explainers.cli import (
     DEFAULT_METHODS,
+    LAYER_HELP,
     OneLineParser,
     add_model_arguments,
     file_stem,
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("image", type=Path, help="the image file to explain")
     add_model_arguments(parser)
-    parser.add_argument("--layer", help="target layer (default: the model's recommended layer)")
+    parser.add_argument("--layer", help=LAYER_HELP)
     parser.add_argument("--target", type=int, help="class index to explain (default: the top-1 class)")
     parser.add_argument(
         "--methods",
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     methods = parse_methods(args.methods)
     image = load_image(args.image)
     zoo = load_zoo(args)
-    layer = args.layer or zoo.default_layer
+    layer = zoo.resolve_layer(args.layer) if args.layer else zoo.default_layer
     crop, x = zoo.preprocess.crop_and_tensor(image)
     result = explain(zoo.model, x, layer, methods, target=args.target, counterfactual=args.counterfactual)
 

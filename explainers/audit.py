@@ -27,9 +27,10 @@ import numpy as np
 from PIL import Image
 
 from explainers import METHODS, explain
-from explainers.capture import resolve_layer
+from explainers.capture import check_target
 from explainers.cli import (
     DEFAULT_METHODS,
+    LAYER_HELP,
     OneLineParser,
     add_model_arguments,
     file_stem,
@@ -51,7 +52,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m explainers.audit", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="folder of images (not searched recursively)")
     add_model_arguments(parser)
-    parser.add_argument("--layer", help="target layer (default: the model's recommended layer)")
+    parser.add_argument("--layer", help=LAYER_HELP)
     parser.add_argument(
         "--methods", default=DEFAULT_METHODS, help=f"comma-separated (default: {DEFAULT_METHODS})"
     )
@@ -220,8 +221,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
     if args.steps < 0:
         raise ExplainerInputError("--steps must be 0 (skip deletion/insertion) or more.")
     zoo = load_zoo(args)
-    args.layer = args.layer or zoo.default_layer
-    resolve_layer(zoo.model, args.layer)
+    args.layer = zoo.resolve_layer(args.layer) if args.layer else zoo.default_layer
+    check_target(zoo.model, args.layer)
     if box is not None and (box[2] > zoo.input_size[1] or box[3] > zoo.input_size[0]):
         raise ExplainerInputError(
             f"The box {box} reaches outside the model input, {zoo.input_size[1]}×{zoo.input_size[0]}."

@@ -9,6 +9,11 @@ from explainers.core import check_methods
 from explainers.errors import ExplainerInputError
 
 DEFAULT_METHODS = "gradcam,gradcam++"
+LAYER_HELP = (
+    "where to explain (default: 'final', the final feature map: the rectified map the classifier "
+    "head pools); also 'stage 1'..'stage N' (shallow to deep), a module name such as 'layer3', "
+    "'MODULE:relu' (its rectified output) or 'MODULE:input'"
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
