@@ -532,8 +532,8 @@ def render_sweep(request: ExplainRequest, image: Image.Image, display: Display) 
             "give fine maps, deep ones coarse but class-specific."
         )
         panels = [
-            (f"{layer} · {h}×{w}", values)
-            for layer, (h, w), values in zip(sweep.layers, sweep.sizes, sweep.maps, strict=True)
+            (f"{title} · {h}×{w}", values)
+            for title, (h, w), values in zip(sweep.titles, sweep.sizes, sweep.maps, strict=True)
         ]
         if sweep.fused is not None:
             panels.append(("fused (all layers)", sweep.fused))

@@ -23,7 +23,7 @@ from explainers.core import METHODS, Evidence, check_methods, method_title
 from explainers.errors import ExplainerInputError, MethodError
 from explainers.images import content_hash, load_image
 from explainers.metrics import faithfulness
-from explainers.multi import explain_classes, fuse_layers, stage_ends, sweep
+from explainers.multi import explain_classes, fuse_layers, sweep
 from explainers.render import picture, to_numpy
 from explainers.score import Progress, default_batch_size, scorecam_passes
 from models_zoo import ZooModel
@@ -394,7 +394,8 @@ class LayerMaps:
         method: the method's name.
         image: the crop the model saw, (H, W, 3) uint8.
         target: the explained class.
-        layers: layer names, shallow to deep.
+        layers: target names, shallow to deep.
+        titles: what each is for people: "stage 1", ..., "final feature map".
         sizes: each layer's feature-map size (h, w).
         maps: one (H, W) map in [0, 1] per layer.
         fused: LayerCAM's fusion of all layers' raw maps (Jiang et al. 2021), or None.
@@ -405,6 +406,7 @@ class LayerMaps:
     image: np.ndarray
     target: Prediction
     layers: list[str]
+    titles: list[str]
     sizes: list[tuple[int, int]]
     maps: list[np.ndarray]
     fused: np.ndarray | None
@@ -419,11 +421,11 @@ def layer_sweep(
     counterfactual: bool = False,
     fuse: bool = False,
 ) -> LayerMaps:
-    """One method's map at the end of every resolution stage (`stage_ends`), from one sweep."""
+    """One method's map at the end of every resolution stage (`ZooModel.stages`), from one sweep."""
     crop, x = _inputs(zoo_model, image)
     start = time.perf_counter()
-    layers = stage_ends(zoo_model.model, zoo_model.input_size)
-    results = sweep(zoo_model.model, x, layers, method, target, counterfactual)
+    stages = {layer.name: layer.title for layer in zoo_model.stages()}
+    results = sweep(zoo_model.model, x, list(stages), method, target, counterfactual)
     first = next(iter(results.values()))
     chosen = first.target
     fused = to_numpy(fuse_layers(results, method)) if fuse else None
@@ -432,6 +434,7 @@ def layer_sweep(
         image=crop,
         target=Prediction(chosen, zoo_model.labels[chosen], float(first.probabilities[chosen])),
         layers=list(results),
+        titles=[stages[layer] for layer in results],
         sizes=[tuple(e.raw[method].shape[-2:]) for e in results.values()],
         maps=[to_numpy(e.maps[method]) for e in results.values()],
         fused=fused,

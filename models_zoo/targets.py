@@ -131,15 +131,14 @@ def head_reads(func: Callable, args: tuple, kwargs: dict, result: object) -> boo
     """Whether a call reads a whole (N, C, h, w) map at once, as a classifier head does: a global
     pooling, a mean (or max, sum) over both spatial dimensions, or a flatten to (N, features)."""
     x = args[0] if args else None
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[-2] * x.shape[-1] <= 1:
-        return False
-    if not isinstance(result, torch.Tensor):
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not isinstance(result, torch.Tensor):
         return False
     if func in _POOLS:
         return result.ndim == 4 and result.shape[-2] * result.shape[-1] == 1
     if func in _REDUCTIONS:
         return {2, 3} <= _reduced_dims(args, kwargs)
-    return result.ndim == 2 and result.shape[0] == x.shape[0]  # flatten, view, reshape to (N, -1)
+    # flatten, view, reshape to (N, -1) of a map larger than 1 x 1 (a pooled map is not read again)
+    return result.ndim == 2 and result.shape[0] == x.shape[0] and x.shape[-2] * x.shape[-1] > 1
 
 
 # ---------------------------------------------------------------------------- token and channel layouts

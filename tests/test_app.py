@@ -150,8 +150,12 @@ def test_layer_class_and_methods_can_be_changed():
     assert not at.exception
     assert {c.split(" · ")[0] for c in captions(at)} >= {"HiResCAM", "XGrad-CAM"}
 
-    # CAM does not apply at EfficientNet-Lite0's _bn1: a warning, not a failure.
+    # CAM applies at the final feature map, which the head pools; at _bn1 (before the head's
+    # ReLU6) it does not: a warning, not a failure.
     at.multiselect(key="methods").set_value(["cam"]).run()
+    layer_select(at).set_value("final").run()
+    assert not at.exception and not at.warning and any(c.startswith("CAM · ") for c in captions(at))
+    layer_select(at).set_value("_bn1").run()
     assert not at.exception and "CAM needs" in at.warning[0].value
 
     at.multiselect(key="methods").set_value([]).run()
@@ -164,7 +168,7 @@ def test_model_can_be_changed_with_random_weights():
     at.selectbox(key="model").set_value("resnet18").run()
     assert not at.exception and not errors(at)
     assert "Chelsea the cat as resnet18 sees it (224×224)" in captions(at)
-    assert layer_select(at).value == "layer4"
+    assert layer_select(at).value == "final"
     assert shows_overlays(at)
 
 
@@ -323,7 +327,7 @@ def test_layer_sweep_runs_shallow_to_deep():
     assert len(layers) >= 3 and fused == "fused (all layers)"
     sides = [int(c.rsplit(" · ", 1)[1].split("×")[0]) for c in layers]
     assert sides == sorted(sides, reverse=True) and sides[0] > sides[-1], "shallow (fine) to deep (coarse)"
-    assert layers[-1].startswith("_bn1 · 7×7")
+    assert layers[-1].startswith("final feature map · 7×7")
 
 
 def test_faithfulness_scores_under_each_map(monkeypatch):

@@ -41,7 +41,7 @@ def test_demo_images_are_reproducible_and_carry_the_tag():
 def test_biased_model_looks_at_the_tag(demo_models):
     energy = {}
     for which, zoo in demo_models.items():
-        assert zoo.default_layer == "_bn1" and zoo.labels == LABELS
+        assert zoo.default_layer == "final" and zoo.labels == LABELS
         shares = []
         for seed in range(3):
             x = zoo.preprocess(demo_image(with_cue=True, label=0, seed=seed))

@@ -27,7 +27,7 @@ def test_explains_a_sample_with_the_defaults(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "espresso" in done.stdout
     summary = json.loads((tmp_path / "predictions.json").read_text())
-    assert summary["model"] == "efficientnet_lite0" and summary["layer"] == "_bn1"
+    assert summary["model"] == "efficientnet_lite0" and summary["layer"] == "final"
     assert summary["target"]["label"] == "espresso"
     assert [row["label"] for row in summary["top5"]][0] == "espresso"
     assert len(summary["top5"]) == 5 and summary["device"] == "cpu" and summary["seconds"] > 0

@@ -58,7 +58,7 @@ def test_safetensors_and_state_dict_load_and_predict_as_the_original(tmp_path, r
     for weights in (tmp_path / "w.safetensors", str(tmp_path / "w.pth")):
         zoo = load_custom_model("resnet18", weights, tmp_path / "labels.txt", device="cpu")
         assert zoo.labels == tuple(LABELS)
-        assert zoo.name == "resnet18 (custom)" and zoo.default_layer == "layer4"
+        assert zoo.name == "resnet18 (custom)" and zoo.default_layer == "final"
         assert zoo.input_size == (224, 224) and zoo.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
         assert torch.allclose(zoo.model(x), reference(x), atol=1e-5)
         assert not zoo.model.training and not any(p.requires_grad for p in zoo.model.parameters())

@@ -326,7 +326,7 @@ def test_sweep_equals_separate_calls_from_one_forward_one_backward(tiny):
 def test_sweep_on_resnet_stage_ends(x32):
     model = resnet18()
     layers = stage_ends(model, (64, 64))
-    assert layers == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert layers == ["relu", "layer1", "layer2", "layer3", "final"]
     result = sweep(model, x32, layers[1:], "layercam")
     shapes = [tuple(e.raw["layercam"].shape) for e in result.values()]
     assert shapes == [(8, 8), (4, 4), (2, 2), (1, 1)]  # coarse versus fine
