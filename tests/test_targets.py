@@ -308,3 +308,18 @@ def test_densenet_default_is_rectified():
     evidence = Evidence(zoo.model, x, [FINAL, "features"])
     assert evidence.activations(FINAL).min() >= 0 > evidence.activations("features").min()
     assert "features:relu" in {layer.name for layer in zoo.layers()}
+
+
+def test_every_method_and_multi_call_works_at_function_targets(x):
+    from explainers import METHODS, explain_classes, sweep
+
+    model = build(SharedActivation)
+    for layer in (FINAL, "bn2:relu", "pool:input"):
+        result = explain(model, x, layer, list(METHODS), options={"max_channels": 4})
+        assert set(result.maps) == set(METHODS)
+        assert all(torch.isfinite(m).all() for m in result.maps.values())
+    top = explain_classes(model, x, FINAL, ["gradcam", "scorecam"], targets=3)
+    assert [e.target for e in top] == model(x).topk(3).indices[0].tolist()
+    layers = sweep(model, x, ["bn1:relu", FINAL], ["gradcam", "layercam"])
+    assert list(layers) == ["bn1:relu", FINAL]
+    assert layers["bn1:relu"].raw["gradcam"].shape == (16, 16) and layers[FINAL].raw["gradcam"].shape == (8, 8)
