@@ -5,6 +5,8 @@ UI only: `explainers.lessons` computes every number when a lesson runs; this pag
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -16,6 +18,7 @@ from models_zoo import DEFAULT_MODEL, list_zoo
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 PANELS_PER_ROW = 4
+METRICS_PER_ROW = 3  # at 1400 px a tile label of ~40 characters still fits
 
 # Readable when projected: larger captions, metric values and verdicts.
 PROJECTOR_CSS = """
@@ -68,25 +71,22 @@ def render_lesson(lesson: Lesson) -> None:
         columns = st.columns(PANELS_PER_ROW)
         for column, panel in zip(columns, lesson.panels[start : start + PANELS_PER_ROW], strict=False):
             column.image(panel.image, caption=panel.caption, width="stretch")
-    st.markdown("**Measured now**")
-    items = list(lesson.measurements.items())
-    columns = st.columns(min(4, len(items)))
-    for i, (name, value) in enumerate(items):
-        columns[i % len(columns)].metric(name, format_value(value))
+    # Only numbers that were measured: a lesson that cannot judge may leave some undefined.
+    items = [name for name, value in lesson.measurements.items() if math.isfinite(value)]
+    if items:
+        st.markdown("**Measured now**")
+        columns = st.columns(min(METRICS_PER_ROW, len(items)))
+        for i, name in enumerate(items):
+            # The same text as the verdict's: one rounding per unit (explainers.formats).
+            columns[i % len(columns)].metric(name, lesson.display(name))
     if lesson.series:
         st.plotly_chart(series_figure(lesson), width="stretch")
-    if lesson.holds:
+    if lesson.holds is None:
+        st.info(f"Cannot judge here. {lesson.verdict}")
+    elif lesson.holds:
         st.success(f"Holds here. {lesson.verdict}")
     else:
         st.warning(f"Does not hold here. {lesson.verdict}")
-
-
-def format_value(value: float) -> str:
-    if abs(value) >= 100 or value == 0:
-        return f"{value:.1f}"
-    if abs(value) < 0.01:
-        return f"{value:.5f}"
-    return f"{value:.3f}"
 
 
 def series_figure(lesson: Lesson) -> go.Figure:
@@ -109,7 +109,8 @@ def main() -> None:
     st.title("Lessons")
     st.caption(
         "Each lesson states a claim from the literature and tests it now, on this model and image. "
-        "If the claim does not hold here, the lesson says so and by how much."
+        "If the claim does not hold here, the lesson says so and by how much; if it cannot be tested "
+        "here (an untrained model, a blank map, an image that does not fit), it says why."
     )
     key, model, random_weights, data, name = sidebar()
     zoo = None
@@ -119,6 +120,12 @@ def main() -> None:
         st.error(str(error))
     if zoo is None:
         return
+    if not zoo.trained:
+        st.warning(
+            f"**Random weights:** {model} is untrained here, so no lesson can judge a claim about trained "
+            "models on it; the pictures show what an untrained network does. Switch off “Random weights” "
+            "in the sidebar to test the claims."
+        )
     image, digest = None, None
     if data is not None:
         digest = content_hash(data)
