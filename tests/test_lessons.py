@@ -136,7 +136,9 @@ def test_counterfactual_holds_on_the_collage(default_lessons):
     result = default_lessons["counterfactual"]
     assert result.holds, result.verdict
     base, removed, control, _ = result.measurements.values()
-    assert shown(removed, "%") >= shown(base, "%") + 0.01 and shown(removed, "%") >= shown(control, "%") + 0.01
+    assert (
+        shown(removed, "%") >= shown(base, "%") + 0.01 and shown(removed, "%") >= shown(control, "%") + 0.01
+    )
     assert "holds" in result.verdict
 
 
