@@ -15,6 +15,7 @@ from explainers import ExplainerInputError
 from explainers.images import content_hash
 from explainers.lessons import LESSONS, TITLES, Lesson, teaching_order
 from models_zoo import DEFAULT_MODEL, list_zoo
+from models_zoo.names import display_name
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 PANELS_PER_ROW = 4
@@ -48,7 +49,13 @@ def sidebar() -> tuple[str, str, bool, bytes | None, str | None]:
         key = st.radio("Lesson", list(options), format_func=options.get, label_visibility="collapsed")
         st.header("Model")
         names = list_zoo()
-        model = st.selectbox("Classifier", names, index=names.index(DEFAULT_MODEL), key="lesson_model")
+        model = st.selectbox(
+            "Classifier",
+            names,
+            index=names.index(DEFAULT_MODEL),
+            format_func=display_name,
+            key="lesson_model",
+        )
         random_weights = st.toggle(
             "Random weights", key="lesson_random", help="Run every lesson on an untrained network."
         )
@@ -122,7 +129,7 @@ def main() -> None:
         return
     if not zoo.trained:
         st.warning(
-            f"**Random weights:** {model} is untrained here, so no lesson can judge a claim about trained "
+            f"**Random weights:** {display_name(model)} is untrained here, so no lesson can judge a claim about trained "
             "models on it; the pictures show what an untrained network does. Switch off “Random weights” "
             "in the sidebar to test the claims."
         )
@@ -134,11 +141,11 @@ def main() -> None:
         except ExplainerInputError as error:
             st.error(f"Cannot use {name}: {error}")
             return
-    with st.spinner(f"Running the lesson on {model}…"):
+    with st.spinner(f"Running the lesson on {display_name(model)}…"):
         try:
             lesson = run_lesson(key, model, random_weights, digest, image)
         except ExplainerInputError as error:
-            st.error(f"This lesson cannot run on {model}: {error}")
+            st.error(f"This lesson cannot run on {display_name(model)}: {error}")
             return
     render_lesson(lesson)
 

@@ -27,6 +27,7 @@ from explainers.multi import explain_classes, fuse_layers, stage_ends, sweep
 from explainers.render import overlay, to_numpy
 from explainers.samples import SAMPLES_DIR
 from models_zoo import ZooModel
+from models_zoo.names import layer_name
 
 CARTON = 478  # ImageNet "carton": the class ImageNet-W's watermark triggers
 
@@ -674,6 +675,7 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     results = sweep(zoo.model, x, layers, ["gradcam", "layercam"])  # one forward, one backward
     ordered = list(results)
     deep, shallow = ordered[-1], ordered[0]
+    shown_as = {layer: layer_name(layer) for layer in ordered}  # "_blocks.0" reads "blocks › 0"
     # Coarseness: the share of the image where the map is above half its peak.
     area = {layer: float((results[layer].maps["layercam"] > 0.5).float().mean()) for layer in ordered}
     # Where the class is, by the deep map; how densely each shallow map covers it (1.0× is chance).
@@ -692,10 +694,10 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         ),
         lambda: blank_maps(
             {
-                f"Grad-CAM at {deep}": results[deep].maps["gradcam"],
-                f"LayerCAM at {deep}": results[deep].maps["layercam"],
-                f"LayerCAM at {shallow}": results[shallow].maps["layercam"],
-                f"Grad-CAM at {shallow}": results[shallow].maps["gradcam"],
+                f"Grad-CAM at {shown_as[deep]}": results[deep].maps["gradcam"],
+                f"LayerCAM at {shown_as[deep]}": results[deep].maps["layercam"],
+                f"LayerCAM at {shown_as[shallow]}": results[shallow].maps["layercam"],
+                f"Grad-CAM at {shown_as[shallow]}": results[shallow].maps["gradcam"],
             }
         ),
         lambda: (
@@ -709,10 +711,10 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     holds = shown(coarser, RATIO) >= COARSER and lifts["layercam"] >= ON_OBJECT
     shapes = {layer: tuple(results[layer].raw["layercam"].shape) for layer in ordered}
     measured = (
-        f"LayerCAM covers {number(area[deep], PERCENT)} of the image above half its peak at {deep} "
-        f"({shapes[deep][0]}×{shapes[deep][1]}) against {number(area[shallow], PERCENT)} at {shallow} "
+        f"LayerCAM covers {number(area[deep], PERCENT)} of the image above half its peak at {shown_as[deep]} "
+        f"({shapes[deep][0]}×{shapes[deep][1]}) against {number(area[shallow], PERCENT)} at {shown_as[shallow]} "
         f"({shapes[shallow][0]}×{shapes[shallow][1]}): {number(coarser, RATIO)}. The deep map marks "
-        f"{number(region, PERCENT)} of the image as the object; at {shallow}, LayerCAM is "
+        f"{number(region, PERCENT)} of the image as the object; at {shown_as[shallow]}, LayerCAM is "
         f"{number(lift['layercam'], RATIO)} as dense there as on average, Grad-CAM {number(lift['gradcam'], RATIO)} "
         "(1.0× is chance)."
     )
@@ -730,22 +732,22 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     panels = [Panel("input", crop)]
     panels += [
         Panel(
-            f"LayerCAM at {layer} ({shapes[layer][0]}×{shapes[layer][1]})",
+            f"LayerCAM at {shown_as[layer]} ({shapes[layer][0]}×{shapes[layer][1]})",
             overlay(crop, to_numpy(results[layer].maps["layercam"])),
         )
         for layer in ordered
     ]
     panels += [
-        Panel(f"Grad-CAM at {shallow}", overlay(crop, to_numpy(results[shallow].maps["gradcam"]))),
+        Panel(f"Grad-CAM at {shown_as[shallow]}", overlay(crop, to_numpy(results[shallow].maps["gradcam"]))),
         Panel(f"LayerCAM fused over all stages: {name}", overlay(crop, to_numpy(fused))),
     ]
     rows = [  # (name, value, unit); with one stage, deep and shallow rows coincide
-        (f"area above half peak, {deep}", area[deep], PERCENT),
-        (f"area above half peak, {shallow}", area[shallow], PERCENT),
+        (f"area above half peak, {shown_as[deep]}", area[deep], PERCENT),
+        (f"area above half peak, {shown_as[shallow]}", area[shallow], PERCENT),
         ("deep map over shallow map", coarser, RATIO),
         ("object region (deep Grad-CAM)", region, PERCENT),
-        (f"LayerCAM density on the object, {shallow}", lift["layercam"], RATIO),
-        (f"Grad-CAM density on the object, {shallow}", lift["gradcam"], RATIO),
+        (f"LayerCAM density on the object, {shown_as[shallow]}", lift["layercam"], RATIO),
+        (f"Grad-CAM density on the object, {shown_as[shallow]}", lift["gradcam"], RATIO),
     ]
     return Lesson(
         claim="Deep layers give coarse, class-level maps; shallow layers give fine detail, which "
@@ -757,7 +759,7 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         holds=verdict_holds,
         verdict=verdict,
         series={"LayerCAM area above half peak": [area[layer] for layer in ordered]},
-        series_x=ordered,
+        series_x=[shown_as[layer] for layer in ordered],
         axis_titles=("layer, shallow to deep", "share of the image above half the peak"),
     )
 
