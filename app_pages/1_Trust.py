@@ -45,7 +45,8 @@ DEMO_WITH, DEMO_WITHOUT, UPLOAD = "Bias demo image (with tag)", "Bias demo image
 TOP_CLASS = "(the model's top class)"
 SANITY_METHODS = ("gradcam", "guided_backprop")
 REGION_METHODS = ("gradcam", "gradcam++", "layercam", "guided_backprop")
-REGION_CHART, REGION_DRAWN = "region_chart", "region_drawn"  # the chart's key; the last box drawn on it
+# The chart's key (per image); the last box drawn on it, and the image it was drawn on.
+REGION_CHART, REGION_DRAWN, REGION_DRAWN_ON = "region_chart", "region_drawn", "region_drawn_on"
 DEMO_SENTENCE = (
     "**The bias demo** (after the Grad-CAM paper's nurse/doctor example): two “stripes or dots?” "
     "classifiers on one EfficientNet-Lite0 trunk. The biased one was trained where a yellow tag marked "
@@ -448,14 +449,16 @@ def section_region() -> None:
         st.error(str(error))
         return
     size = panel.crop.size
-    preset = drawn_box(size) or (box_in_crop(zoo, image, cue_box()) if choice.is_demo else None)
+    preset = drawn_box(size, choice.digest) or (
+        box_in_crop(zoo, image, cue_box()) if choice.is_demo else None
+    )
     left, right = st.columns([2, 3], gap="large")
     with left:
         box = region_sliders(size, preset)
         st.plotly_chart(
             region_figure(np.asarray(panel.crop), box),
             width="stretch",
-            key=REGION_CHART,
+            key=f"{REGION_CHART}:{choice.digest}",  # a new image starts with no selection
             on_select="rerun",
             selection_mode="box",
         )
@@ -470,13 +473,16 @@ def section_region() -> None:
         column.image(picture(panel, method, box=box), caption=method_title(method), width="stretch")
 
 
-def drawn_box(size: tuple[int, int]) -> Box | None:
-    """The last box drawn on the picture, kept apart from the chart's own state: a new figure (the
-    box outline moves) may reset the chart's selection, and the box must outlive that."""
-    state = st.session_state.get(REGION_CHART) or {}
+def drawn_box(size: tuple[int, int], digest: str) -> Box | None:
+    """The last box drawn on the picture of this image, kept apart from the chart's own state: a
+    new figure (the box outline moves) may reset the chart's selection, and the box must outlive
+    that. A box drawn on another image is not carried over to this one."""
+    state = st.session_state.get(f"{REGION_CHART}:{digest}") or {}
     box = selection_box(state.get("selection") or {}, size)
     if box is not None:
-        st.session_state[REGION_DRAWN] = box
+        st.session_state[REGION_DRAWN], st.session_state[REGION_DRAWN_ON] = box, digest
+    if st.session_state.get(REGION_DRAWN_ON, digest) != digest:
+        return None
     return st.session_state.get(REGION_DRAWN)
 
 

@@ -107,6 +107,8 @@ def series_figure(lesson: Lesson) -> go.Figure:
         margin=dict(l=10, r=10, t=30, b=10),
         font=dict(size=15),
     )
+    if lesson.series_unit == "%":  # shares read in % here as in the tiles
+        figure.update_yaxes(tickformat=".1%", hoverformat=".2%")
     return figure
 
 

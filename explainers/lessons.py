@@ -59,6 +59,7 @@ class Lesson:
         series: optional curves to plot: name -> values over `series_x`.
         series_x: labels of the curves' x axis.
         axis_titles: (x, y) axis titles of the curves.
+        series_unit: the unit of the curves' values ("%": shares, drawn in %).
     """
 
     key: str = ""
@@ -73,6 +74,7 @@ class Lesson:
     series: dict[str, list[float]] = field(default_factory=dict)
     series_x: list[str] = field(default_factory=list)
     axis_titles: tuple[str, str] = ("", "")
+    series_unit: str = ""
 
     @property
     def status(self) -> str:
@@ -137,6 +139,16 @@ UNTRAINED = (
 
 def untrained(zoo: ZooModel) -> str | None:
     return None if zoo.trained else UNTRAINED
+
+
+def flat(crop: np.ndarray) -> str | None:
+    """The reason "the image is one flat colour" (nothing in it to explain), or None."""
+    if float(np.asarray(crop, np.float32).std()) >= FLAT_STD:
+        return None
+    return "The image is one flat colour: there is no object in it for the lesson to look at."
+
+
+FLAT_STD = 2.0  # grey levels: below this standard deviation the crop holds nothing but noise
 
 
 def is_blank(heatmap: torch.Tensor) -> bool:
@@ -225,6 +237,7 @@ def counterfactual_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
     s = {k: shown(v, PERCENT) for k, v in p.items()}
     reason = first_reason(
         lambda: untrained(zoo),
+        lambda: flat(crop),
         lambda: blank_maps(
             {f"Grad-CAM for {name}": factual_map, f"the counterfactual map for {name}": counter_map}
         ),
@@ -460,6 +473,7 @@ def discrimination_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
     unseen = [(n, p) for n, p in zip((name_a, name_b), probabilities, strict=True) if p < MIN_PROBABILITY]
     reason = first_reason(
         lambda: untrained(zoo),
+        lambda: flat(crop),
         lambda: (
             f"“{name_a}” and “{name_b}” name the same object, so their maps should "
             "coincide; the lesson needs two different objects in one image."
@@ -573,6 +587,7 @@ def instances_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     weaker = {m: min(values) for m, values in densities.items()}
     reason = first_reason(
         lambda: untrained(zoo),
+        lambda: flat(crop),
         lambda: blank,
         lambda: (
             f"This image shows {len(regions)} separate region{'' if len(regions) == 1 else 's'} "
@@ -687,6 +702,7 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     name = label(zoo, results[deep].target)
     reason = first_reason(
         lambda: untrained(zoo),
+        lambda: flat(crop),
         lambda: (
             "The model has one resolution stage, so there is no shallow map to compare."
             if len(ordered) < 2
@@ -702,8 +718,8 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         ),
         lambda: (
             f"The deep map marks {number(region, PERCENT)} of the image, so it gives no "
-            "object region to stay on (it needs between 1% and 50%)."
-            if not MIN_OBJECT <= shown(region, PERCENT) <= MAX_OBJECT
+            "object region to stay on (it needs at least 1% and less than 50%)."
+            if not MIN_OBJECT <= shown(region, PERCENT) < MAX_OBJECT
             else None
         ),
     )
@@ -761,6 +777,7 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         series={"LayerCAM area above half peak": [area[layer] for layer in ordered]},
         series_x=[shown_as[layer] for layer in ordered],
         axis_titles=("layer, shallow to deep", "share of the image above half the peak"),
+        series_unit=PERCENT,
     )
 
 

@@ -85,6 +85,15 @@ def test_the_no_tag_image_does_not_speak_of_the_tag_box(page):
     assert not page.exception and [m.label for m in page.metric] == ["Grad-CAM energy in the tag's box"] * 2
 
 
+def test_every_image_switch_in_compare_models_renders_without_an_error(page):
+    box = page.sidebar.selectbox(key="image:models")
+    for name in [o for o in box.options if o != "Upload…"]:
+        page.sidebar.selectbox(key="image:models").set_value(name).run()
+        assert not page.exception and not page.error, name
+        assert len([c for c in captions(page) if c.startswith("Grad-CAM")]) == 2, name
+    page.sidebar.selectbox(key="image:models").set_value("Bias demo image (with tag)").run()
+
+
 def test_probabilities_read_in_percent(page):
     probabilities = [c.split("p = ")[1].rstrip(")") for c in captions(page) if "p = " in c]
     assert probabilities and all(p.endswith("%") for p in probabilities)
@@ -184,6 +193,14 @@ def test_a_box_drawn_on_the_picture_becomes_the_sliders_preset(page):
     x, y = box_sliders(page)
     assert (x.value, y.value) == ((100, 180), (20, 60))
     assert any("x 100–180, y 20–60" in c.value for c in page.caption)
+
+
+def test_a_box_drawn_on_another_image_is_not_carried_over(page):
+    page.session_state["region_drawn_on"] = "the digest of another image"
+    page.run()
+    assert not page.exception
+    x, y = box_sliders(page)
+    assert (x.value, y.value) == ((8, 56), (8, 56))  # back on the tag's box
 
 
 def test_sanity_check_states_the_measured_result(page):
