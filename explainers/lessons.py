@@ -574,7 +574,7 @@ def instances_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     name = label(zoo, result.target)
     shape = tuple(maps["gradcam"].shape)
     if given:
-        regions, where = evidence_regions(list(maps.values()))[:2], "the two largest regions of high evidence"
+        regions, where = evidence_regions(list(maps.values()))[:2], "the regions of high evidence"
     else:
         regions = [box_mask(box_in_crop(zoo, image.size, box), shape) for box in TWO_CATS_BOXES]
         where = "the two cats"
@@ -738,12 +738,21 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
         f"(needs a deep map {number(COARSER, RATIO)} coarser, and shallow LayerCAM at least "
         f"{number(ON_OBJECT, RATIO)} as dense on the object as on average)"
     )
+    missing = [
+        text
+        for ok, text in (
+            (shown(coarser, RATIO) >= COARSER, f"the deep map is not {number(COARSER, RATIO)} coarser"),
+            (lifts["layercam"] >= ON_OBJECT, f"shallow LayerCAM is not {number(ON_OBJECT, RATIO)} as dense on "
+             "the object as on average"),
+        )
+        if not ok
+    ]  # fmt: skip
     verdict_holds, verdict = judged(
         reason,
         holds,
         measured,
         f"Coarse deep maps, and fine shallow ones that LayerCAM keeps on the object {needs}: as claimed.",
-        f"The claim does not hold for this model and image {needs}.",
+        f"The claim does not hold for this model and image: {' and '.join(missing)}.",
     )
     panels = [Panel("input", crop)]
     panels += [
