@@ -21,15 +21,17 @@ from explainers import ExplainerInputError
 from explainers.compare import Panel, compare_classes, compare_models, explain_panel
 from explainers.core import METHODS, method_title
 from explainers.figures import region_figure, sanity_figure, selection_box, shares_figure
+from explainers.formats import percent
 from explainers.images import content_hash
 from explainers.metrics import Box, box_shares
 from explainers.render import draw_box
 from explainers.render import picture as render_picture
 from explainers.samples import list_samples
 from explainers.sanity import SanityResult, sanity_check
-from explainers.service import model_view
+from explainers.service import model_view, predict
 from models_zoo import ZooModel, cue_box, demo_image, list_zoo
 from models_zoo.custom import architectures
+from models_zoo.names import display_name
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 SECTIONS = {
@@ -43,7 +45,8 @@ DEMO_WITH, DEMO_WITHOUT, UPLOAD = "Bias demo image (with tag)", "Bias demo image
 TOP_CLASS = "(the model's top class)"
 SANITY_METHODS = ("gradcam", "guided_backprop")
 REGION_METHODS = ("gradcam", "gradcam++", "layercam", "guided_backprop")
-REGION_CHART, REGION_DRAWN = "region_chart", "region_drawn"  # the chart's key; the last box drawn on it
+# The chart's key (per image); the last box drawn on it, and the image it was drawn on.
+REGION_CHART, REGION_DRAWN, REGION_DRAWN_ON = "region_chart", "region_drawn", "region_drawn_on"
 DEMO_SENTENCE = (
     "**The bias demo** (after the Grad-CAM paper's nurse/doctor example): two “stripes or dots?” "
     "classifiers on one EfficientNet-Lite0 trunk. The biased one was trained where a yellow tag marked "
@@ -111,6 +114,10 @@ def get_model_pair(
     _models: tuple[ZooModel, ZooModel],
     _image: Image.Image,
 ) -> tuple[Panel, Panel]:
+    if class_name is None:  # the left model's top class, on the right too if it has one of that name
+        left = explain_panel(_models[0], _image, methods)
+        same = left.class_name if left.class_name in _models[1].labels else None
+        return left, explain_panel(_models[1], _image, methods, same)
     return compare_models(*_models, _image, methods, class_name)
 
 
@@ -124,6 +131,13 @@ def get_class_pair(
     _image: Image.Image,
 ) -> tuple[Panel, Panel]:
     return compare_classes(_model, _image, classes, methods)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def get_top_two(key: str, digest: str, _model: ZooModel, _image: Image.Image) -> tuple[str, str]:
+    """The model's two most probable classes on the image: the default pair to compare."""
+    first, second = predict(_model, _image, k=2)
+    return first.label, second.label
 
 
 @st.cache_data(max_entries=32, show_spinner="Explaining…")
@@ -167,7 +181,9 @@ def sidebar_image(section: str, label: str = "Image") -> ImageChoice | None:
 def sidebar_model(label: str, key: str, default: str) -> ModelChoice | None:
     """A zoo model, or a custom one: architecture + weights file + class-names file."""
     names = [*list_zoo(), CUSTOM]
-    pick = st.sidebar.selectbox(label, names, index=names.index(default), key=f"model:{key}")
+    pick = st.sidebar.selectbox(
+        label, names, index=names.index(default), format_func=display_name, key=f"model:{key}"
+    )
     if pick != CUSTOM:
         return ModelChoice(pick)
     archs = architectures()
@@ -258,25 +274,28 @@ def picture(panel: Panel, method: str, counterfactual: bool = False, box: Box | 
     return image if box is None else draw_box(image, box)
 
 
-def percent(share: float) -> str:
-    return f"{share:.0%}" if share >= 0.1 else f"{share:.1%}"
-
-
 def render_input(panel: Panel, box: Box | None, caption: str) -> None:
     crop = np.asarray(panel.crop)
     st.image(crop if box is None else draw_box(crop, box), caption=caption, width="stretch")
 
 
-def render_model_side(panel: Panel, zoo: ZooModel, methods: tuple[str, ...], box: Box | None) -> None:
-    st.markdown(f"**{panel.model}**")
+def box_name(choice: ImageChoice) -> str:
+    """What the demo's box is on this image: the tag, or the corner where the tag would be."""
+    return "the tag's box" if choice.name == DEMO_WITH else "the tag's corner (no tag here)"
+
+
+def render_model_side(
+    panel: Panel, zoo: ZooModel, methods: tuple[str, ...], box: Box | None, where: str = ""
+) -> None:
+    st.markdown(f"**{display_name(panel.model)}**")
     for method in methods:
         st.image(
             picture(panel, method, box=box),
-            caption=f"{method_title(method)} for “{panel.class_name}” (p = {panel.probability:.1%})",
+            caption=f"{method_title(method)} for “{panel.class_name}” (p = {percent(panel.probability)})",
             width="stretch",
         )
         if method == "gradcam" and box is not None:  # the number right under the map it measures
-            st.metric("Grad-CAM energy in the tag's box", percent(gradcam_share(panel, box)))
+            st.metric(f"Grad-CAM energy in {where}", percent(gradcam_share(panel, box)))
     if panel.predicted != panel.class_index:
         st.caption(f"This model's top class here is “{zoo.labels[panel.predicted]}”.")
 
@@ -308,12 +327,7 @@ def section_models() -> None:
     if any(m is None for m in models) or image is None:
         return
     keys = (choices[0].key, choices[1].key)
-    class_name = sidebar_class(
-        "Class (by name, matched in both models)",
-        [*models[0].labels, *models[1].labels],
-        "stripes",
-        key=f"class:models:{keys[0]}:{keys[1]}",
-    )
+    class_name = sidebar_shared_class(models, "stripes", key="class:models")
     if any(name.startswith("bias_demo") for name in keys):
         st.info(DEMO_SENTENCE)
     methods = ("gradcam", "guided_gradcam") if guided else ("gradcam",)
@@ -322,22 +336,52 @@ def section_models() -> None:
     except ExplainerInputError as error:
         st.error(str(error))
         return
+    if panels[0].class_name != panels[1].class_name:
+        st.info(
+            f"{display_name(panels[1].model)} has no class “{panels[0].class_name}”, so each side explains "
+            "its own top class."
+        )
     boxes = [box_in_crop(zoo, image, cue_box()) if choice.is_demo else None for zoo in models]
+    where = box_name(choice)
     columns = st.columns(3)
     with columns[0]:
         st.markdown("**Input**")
-        caption = "the image as the left model sees it" + (", the tag's box outlined" if boxes[0] else "")
+        caption = "the image as the left model sees it" + (f", {where} outlined" if boxes[0] else "")
         render_input(panels[0], boxes[0], caption)
     for column, panel, zoo, box in zip(columns[1:], panels, models, boxes, strict=True):
         with column:
-            render_model_side(panel, zoo, methods, box)
+            render_model_side(panel, zoo, methods, box, where)
     if boxes[0] is not None and boxes[1] is not None:
         shares = [percent(gradcam_share(p, b)) for p, b in zip(panels, boxes, strict=True)]
         area = percent(box_area(boxes[0], panels[0].crop.size))
+        names = [display_name(p.model) for p in panels]
         st.markdown(
-            f"**{panels[0].model}** puts **{shares[0]}** of its Grad-CAM energy for “{panels[0].class_name}” "
-            f"in the tag's box, **{panels[1].model}** **{shares[1]}**; the box covers {area} of the image."
+            f"**{names[0]}** puts **{shares[0]}** of its Grad-CAM energy for “{panels[0].class_name}” "
+            f"in {where}, **{names[1]}** **{shares[1]}** for “{panels[1].class_name}”; the box covers {area} "
+            "of the image (a map blind to it would put about that much there)."
         )
+
+
+def sidebar_shared_class(models: tuple[ZooModel, ZooModel], default: str, key: str) -> str | None:
+    """A class name both models have (None: the left model's top class).
+
+    One key for every pair of models, so a choice survives a change of model while both still
+    have the class; otherwise it falls back to ``default`` (if both have it) or the top class,
+    instead of asking a model for a class it lacks.
+    """
+    right = set(models[1].labels)
+    shared = [name for name in dict.fromkeys(models[0].labels) if name in right]
+    options = [TOP_CLASS, *shared]
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default if default in shared else TOP_CLASS
+    pick = st.sidebar.selectbox(
+        "Class (a name both models have)",
+        options,
+        key=key,
+        help="Only the classes both models know are offered; with none in common, each side explains "
+        "its own top class.",
+    )
+    return None if pick == TOP_CLASS else pick
 
 
 def sidebar_label(label: str, labels: tuple[str, ...], default: str, fallback: int, key: str) -> str:
@@ -351,9 +395,13 @@ def section_classes() -> None:
     if zoo is None or image is None:
         return
     st.sidebar.header("Classes")
+    # The keys carry the model and the image: a new image opens on its own top two classes, not
+    # on the classes picked for the last one.
+    first, second = get_top_two(model_choice.key, choice.digest, zoo, image)
+    where = f"{model_choice.key}:{choice.digest}"
     classes = (
-        sidebar_label("First class", zoo.labels, "Egyptian cat", 0, f"class1:{model_choice.key}"),
-        sidebar_label("Second class", zoo.labels, "espresso", 1, f"class2:{model_choice.key}"),
+        sidebar_label("First class", zoo.labels, first, 0, f"class1:{where}"),
+        sidebar_label("Second class", zoo.labels, second, 1, f"class2:{where}"),
     )
     st.markdown(
         "Grad-CAM shows what raises a class's score; its **counterfactual** map (negated gradients, "
@@ -366,7 +414,7 @@ def section_classes() -> None:
         return
     for column, panel in zip(st.columns(2, gap="large"), panels, strict=True):
         with column:
-            st.subheader(f"{panel.class_name} (p = {panel.probability:.1%})")
+            st.subheader(f"{panel.class_name} (p = {percent(panel.probability)})")
             left, right = st.columns(2)
             left.image(
                 picture(panel, "gradcam"), caption=f"Grad-CAM: for “{panel.class_name}”", width="stretch"
@@ -401,14 +449,16 @@ def section_region() -> None:
         st.error(str(error))
         return
     size = panel.crop.size
-    preset = drawn_box(size) or (box_in_crop(zoo, image, cue_box()) if choice.is_demo else None)
+    preset = drawn_box(size, choice.digest) or (
+        box_in_crop(zoo, image, cue_box()) if choice.is_demo else None
+    )
     left, right = st.columns([2, 3], gap="large")
     with left:
         box = region_sliders(size, preset)
         st.plotly_chart(
             region_figure(np.asarray(panel.crop), box),
             width="stretch",
-            key=REGION_CHART,
+            key=f"{REGION_CHART}:{choice.digest}",  # a new image starts with no selection
             on_select="rerun",
             selection_mode="box",
         )
@@ -423,13 +473,16 @@ def section_region() -> None:
         column.image(picture(panel, method, box=box), caption=method_title(method), width="stretch")
 
 
-def drawn_box(size: tuple[int, int]) -> Box | None:
-    """The last box drawn on the picture, kept apart from the chart's own state: a new figure (the
-    box outline moves) may reset the chart's selection, and the box must outlive that."""
-    state = st.session_state.get(REGION_CHART) or {}
+def drawn_box(size: tuple[int, int], digest: str) -> Box | None:
+    """The last box drawn on the picture of this image, kept apart from the chart's own state: a
+    new figure (the box outline moves) may reset the chart's selection, and the box must outlive
+    that. A box drawn on another image is not carried over to this one."""
+    state = st.session_state.get(f"{REGION_CHART}:{digest}") or {}
     box = selection_box(state.get("selection") or {}, size)
     if box is not None:
-        st.session_state[REGION_DRAWN] = box
+        st.session_state[REGION_DRAWN], st.session_state[REGION_DRAWN_ON] = box, digest
+    if st.session_state.get(REGION_DRAWN_ON, digest) != digest:
+        return None
     return st.session_state.get(REGION_DRAWN)
 
 
@@ -458,7 +511,7 @@ def render_shares(panel: Panel, methods: list[str], box: Box) -> None:
     shares = box_shares({m: panel.explanation.maps[m] for m in methods}, box)
     area = box_area(box, panel.crop.size)
     st.markdown(
-        f"Share of each map's energy inside the box, for “{panel.class_name}” on **{panel.model}**. "
+        f"Share of each map's energy inside the box, for “{panel.class_name}” on **{display_name(panel.model)}**. "
         f"The box covers **{percent(area)}** of the image: a map blind to it would put about that much there."
     )
     for column, method in zip(st.columns(len(methods)), methods, strict=True):

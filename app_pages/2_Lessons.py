@@ -5,6 +5,8 @@ UI only: `explainers.lessons` computes every number when a lesson runs; this pag
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -13,9 +15,11 @@ from explainers import ExplainerInputError
 from explainers.images import content_hash
 from explainers.lessons import LESSONS, TITLES, Lesson, teaching_order
 from models_zoo import DEFAULT_MODEL, list_zoo
+from models_zoo.names import display_name
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 PANELS_PER_ROW = 4
+METRICS_PER_ROW = 3  # at 1400 px a tile label of ~40 characters still fits
 
 # Readable when projected: larger captions, metric values and verdicts.
 PROJECTOR_CSS = """
@@ -45,7 +49,13 @@ def sidebar() -> tuple[str, str, bool, bytes | None, str | None]:
         key = st.radio("Lesson", list(options), format_func=options.get, label_visibility="collapsed")
         st.header("Model")
         names = list_zoo()
-        model = st.selectbox("Classifier", names, index=names.index(DEFAULT_MODEL), key="lesson_model")
+        model = st.selectbox(
+            "Classifier",
+            names,
+            index=names.index(DEFAULT_MODEL),
+            format_func=display_name,
+            key="lesson_model",
+        )
         random_weights = st.toggle(
             "Random weights", key="lesson_random", help="Run every lesson on an untrained network."
         )
@@ -68,25 +78,22 @@ def render_lesson(lesson: Lesson) -> None:
         columns = st.columns(PANELS_PER_ROW)
         for column, panel in zip(columns, lesson.panels[start : start + PANELS_PER_ROW], strict=False):
             column.image(panel.image, caption=panel.caption, width="stretch")
-    st.markdown("**Measured now**")
-    items = list(lesson.measurements.items())
-    columns = st.columns(min(4, len(items)))
-    for i, (name, value) in enumerate(items):
-        columns[i % len(columns)].metric(name, format_value(value))
+    # Only numbers that were measured: a lesson that cannot judge may leave some undefined.
+    items = [name for name, value in lesson.measurements.items() if math.isfinite(value)]
+    if items:
+        st.markdown("**Measured now**")
+        columns = st.columns(min(METRICS_PER_ROW, len(items)))
+        for i, name in enumerate(items):
+            # The same text as the verdict's: one rounding per unit (explainers.formats).
+            columns[i % len(columns)].metric(name, lesson.display(name))
     if lesson.series:
         st.plotly_chart(series_figure(lesson), width="stretch")
-    if lesson.holds:
+    if lesson.holds is None:
+        st.info(f"Cannot judge here. {lesson.verdict}")
+    elif lesson.holds:
         st.success(f"Holds here. {lesson.verdict}")
     else:
         st.warning(f"Does not hold here. {lesson.verdict}")
-
-
-def format_value(value: float) -> str:
-    if abs(value) >= 100 or value == 0:
-        return f"{value:.1f}"
-    if abs(value) < 0.01:
-        return f"{value:.5f}"
-    return f"{value:.3f}"
 
 
 def series_figure(lesson: Lesson) -> go.Figure:
@@ -100,6 +107,8 @@ def series_figure(lesson: Lesson) -> go.Figure:
         margin=dict(l=10, r=10, t=30, b=10),
         font=dict(size=15),
     )
+    if lesson.series_unit == "%":  # shares read in % here as in the tiles
+        figure.update_yaxes(tickformat=".1%", hoverformat=".2%")
     return figure
 
 
@@ -109,7 +118,8 @@ def main() -> None:
     st.title("Lessons")
     st.caption(
         "Each lesson states a claim from the literature and tests it now, on this model and image. "
-        "If the claim does not hold here, the lesson says so and by how much."
+        "If the claim does not hold here, the lesson says so and by how much; if it cannot be tested "
+        "here (an untrained model, a blank map, an image that does not fit), it says why."
     )
     key, model, random_weights, data, name = sidebar()
     zoo = None
@@ -119,6 +129,12 @@ def main() -> None:
         st.error(str(error))
     if zoo is None:
         return
+    if not zoo.trained:
+        st.warning(
+            f"**Random weights:** {display_name(model)} is untrained here, so no lesson can judge a claim about trained "
+            "models on it; the pictures show what an untrained network does. Switch off “Random weights” "
+            "in the sidebar to test the claims."
+        )
     image, digest = None, None
     if data is not None:
         digest = content_hash(data)
@@ -127,11 +143,11 @@ def main() -> None:
         except ExplainerInputError as error:
             st.error(f"Cannot use {name}: {error}")
             return
-    with st.spinner(f"Running the lesson on {model}…"):
+    with st.spinner(f"Running the lesson on {display_name(model)}…"):
         try:
             lesson = run_lesson(key, model, random_weights, digest, image)
         except ExplainerInputError as error:
-            st.error(f"This lesson cannot run on {model}: {error}")
+            st.error(f"This lesson cannot run on {display_name(model)}: {error}")
             return
     render_lesson(lesson)
 

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from explainers.core import method_title
+from explainers.formats import percent
 from explainers.metrics import Curves
 from explainers.sanity import SanityResult
 from explainers.service import Prediction
@@ -108,23 +109,30 @@ def shares_figure(shares: Mapping[str, float], area: float) -> go.Figure:
         go.Bar(
             x=[method_title(method) for method in shares],
             y=list(shares.values()),
-            text=[f"{value:.0%}" if value >= 0.1 else f"{value:.1%}" for value in shares.values()],
+            text=[percent(value) for value in shares.values()],
             textposition="outside",
             cliponaxis=False,
             marker_color=_PALETTE[0],
             hovertemplate="%{x}: %{y:.1%} of the energy in the box<extra></extra>",
         )
     )
-    figure.add_hline(
+    figure.add_hline(y=area, line={"color": "grey", "dash": "dot"})
+    # The line's label sits in the right margin, beside the plot, where no bar can be under it.
+    figure.add_annotation(
+        x=1,
+        xref="paper",
+        xanchor="left",
         y=area,
-        line={"color": "grey", "dash": "dot"},
-        annotation_text=f"box area ({area:.1%})",
-        annotation_position="top left",
+        yref="y",
+        text=f" box area<br> ({percent(area)})",
+        showarrow=False,
+        align="left",
+        font={"color": "grey"},
     )
     figure.update_layout(
         height=280,
         yaxis={"range": [0, 1.1], "tickformat": ".0%", "title": "energy in the box"},
-        margin={"t": 20, "b": 30, "l": 50, "r": 10},
+        margin={"t": 20, "b": 30, "l": 50, "r": 80},
     )
     return figure
 

@@ -52,3 +52,20 @@ def wait_until_idle(page) -> None:
 
 def assert_no_exception(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+# Labels and captions Streamlit cuts with an ellipsis when they do not fit: (how many were
+# checked, the texts of those cut off).
+_CUT_OFF = """() => {
+  const all = [...document.querySelectorAll(
+    '[data-testid="stMetricLabel"] *, [data-testid="stImageCaption"], [data-testid="stWidgetLabel"] *'
+  )];
+  return [all.length, all.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)];
+}"""
+
+
+def cut_off_labels(page) -> list[str]:
+    """The texts of labels and captions that do not fit (at least one label must be on the page)."""
+    checked, cut = page.evaluate(_CUT_OFF)
+    assert checked > 0, "no labels found: the selectors no longer match Streamlit's page"
+    return cut

@@ -56,3 +56,10 @@ def test_shares_figure_has_one_bar_per_method():
     figure = shares_figure({"gradcam": 0.34, "guided_backprop": 0.055}, area=0.046)
     assert list(figure.data[0].x) == ["Grad-CAM", "Guided backprop"]
     assert list(figure.data[0].text) == ["34%", "5.5%"]
+
+
+def test_the_box_area_label_sits_beside_the_bars_not_on_them():
+    figure = shares_figure({"gradcam": 0.034, "guided_backprop": 0.9}, area=0.046)
+    (label,) = figure.layout.annotations
+    assert label.xref == "paper" and label.x >= 1 and label.xanchor == "left"  # in the right margin
+    assert "4.6%" in label.text and figure.layout.margin.r >= 60
