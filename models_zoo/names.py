@@ -36,6 +36,10 @@ _FAMILIES = (
     ("mnasnet", "MNASNet", " "),
     ("shufflenet_v2_", "ShuffleNetV2", " "),
     ("squeezenet", "SqueezeNet", " "),
+    ("vit_", "ViT", "-"),
+    ("swin_v2_", "Swin V2", "-"),
+    ("swin_", "Swin", "-"),
+    ("maxvit_", "MaxViT", "-"),
 )
 
 
@@ -60,6 +64,11 @@ def display_name(name: str) -> str:
 
 
 def layer_name(layer: str) -> str:
-    """A module name as a reader would write it: no leading underscores (EfficientNet's packages
-    mark every module private), dots read as " › " (``_blocks.15`` -> "blocks › 15")."""
-    return " › ".join(part.lstrip("_") or part for part in layer.split("."))
+    """A target as a reader would write it: no leading underscores (EfficientNet's packages mark
+    every module private), dots read as " › " (``_blocks.15`` -> "blocks › 15"), ``final`` reads
+    "final feature map" and ``_bn1:relu`` "bn1 (rectified)"."""
+    if layer == "final":
+        return "final feature map"
+    module, _, part = layer.rpartition(":") if ":" in layer else (layer, "", "")
+    suffix = {"relu": " (rectified)", "input": " (input)"}.get(part, "")
+    return " › ".join(p.lstrip("_") or p for p in (module or layer).split(".")) + suffix
