@@ -534,6 +534,37 @@ def _no_code_unpickled() -> Iterator[None]:
             torch.load, _package.pickle = original_load, original_pickle
 
 
+def _restore_linears(model: nn.Module) -> None:
+    """Put an `nn.Linear` (sharing the parameters) where an unflattened module is one linear op.
+
+    Unflattening gives back the module hierarchy as graph modules; methods that read a layer's
+    type (CAM needs the classifier as an `nn.Linear`) then find the classifier again. Same math,
+    same parameters; nothing else is replaced (ReLUs stay ops: see guided backprop's refusal).
+    """
+    for name, module in list(model.named_modules()):
+        graph = getattr(module, "graph", None)
+        if not name or graph is None:
+            continue
+        calls = [n for n in graph.nodes if n.op not in ("placeholder", "get_attr", "output")]
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        weight = getattr(module, "weight", None)
+        if not (
+            len(calls) == 1
+            and len(placeholders) == 1
+            and calls[0].target is torch.ops.aten.linear.default
+            and isinstance(weight, nn.Parameter)
+            and weight.ndim == 2
+        ):
+            continue
+        bias = getattr(module, "bias", None)
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        linear.weight = weight
+        if bias is not None:
+            linear.bias = bias
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+
+
 def _load_exported(
     data: bytes,
     num_classes: int,
@@ -590,6 +621,7 @@ def _load_exported(
             f"{preprocessing.crop}×{preprocessing.crop}: set the size to {fixed[0]}."
         )
     model = torch.export.unflatten(program)
+    _restore_linears(model)
     with torch.no_grad():
         try:
             output = model(torch.zeros(2, channels, preprocessing.crop, preprocessing.crop))

@@ -126,9 +126,10 @@ def fit_head(model: nn.Module, state: dict[str, torch.Tensor]) -> Head | None:
             try:
                 module, outputs, description = _build(head_keys, linear.in_features)
             except HeadError as error:
+                shown = sorted(prefix + key for key in head_keys)
                 raise HeadError(
-                    f"The head under {slot!r} is none of Linear, Dropout+Linear or "
-                    f"Linear-ReLU-(Dropout)-Linear ({error}); its keys: {', '.join(sorted(head_keys))}."
+                    f"the head under {slot!r} is none of Linear, Dropout+Linear or "
+                    f"Linear-ReLU-(Dropout)-Linear ({error}); its keys: {', '.join(shown)}."
                 ) from error
             return Head(slot, module, outputs, description)
     shown = ", ".join((unexpected or missing)[:4])
