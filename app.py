@@ -188,7 +188,7 @@ def sidebar_custom() -> CustomUpload | None:
         help="On your own machine, the models folder avoids the upload: see the README.",
     )
     labels = st.sidebar.file_uploader(
-        "Class names (one per line, or a JSON list)", type=LABEL_TYPES, key="custom_labels"
+        "Class names (one per line, or a JSON list)", type=LABEL_TYPES, key="custom_labels", max_upload_size=1
     )
     preprocessing = sidebar_preprocessing()
     if weights is None or labels is None or preprocessing is None:

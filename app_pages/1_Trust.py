@@ -208,7 +208,10 @@ def sidebar_model(label: str, key: str, default: str) -> ModelChoice | None:
             max_upload_size=WEIGHTS_LIMIT_MB,
         )
         labels = st.file_uploader(
-            "Class names (.txt, one per line, or a JSON list)", type=["txt", "json"], key=f"labels:{key}"
+            "Class names (.txt, one per line, or a JSON list)",
+            type=["txt", "json"],
+            key=f"labels:{key}",
+            max_upload_size=1,
         )
     if weights is None or labels is None:
         return None
