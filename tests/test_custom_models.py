@@ -516,3 +516,32 @@ def test_an_uploaded_grayscale_model_with_its_preprocessing_in_the_app():
     assert [e.value for e in at.error] == [
         "Mean and std must be numbers separated by commas, e.g. 0.5, 0.5, 0.5."
     ]
+
+
+def test_the_bias_demo_from_a_models_folder_as_the_readme_says(folder):
+    """README, "The bias demo from a models folder": the trunk's weights plus a demo head, and a card."""
+    from safetensors.torch import load_file
+
+    from models_zoo import demo_image, load_bias_demo, load_model
+
+    state = load_model("efficientnet_lite0", device="cpu").model.state_dict()
+    state.update(load_file(ROOT / "assets" / "bias_demo" / "biased_head.safetensors"))
+    save_file(state, folder / "stripes_dots_biased.safetensors")
+    card = {
+        "architecture": "efficientnet_lite0",
+        "weights": "stripes_dots_biased.safetensors",
+        "classes": ["stripes", "dots"],
+        "preprocessing": {
+            "size": 224,
+            "resize": 224,
+            "mean": 0.49804,
+            "std": 0.50196,
+            "interpolation": "bicubic",
+        },
+    }
+    (folder / "stripes_dots_biased.json").write_text(json.dumps(card))
+    ours, demo = load_named("stripes_dots_biased", device="cpu"), load_bias_demo("biased", device="cpu")
+    image = demo_image(with_cue=True)
+    with torch.no_grad():
+        mine, theirs = ours.model(ours.preprocess(image)), demo.model(demo.preprocess(image))
+    assert torch.allclose(mine, theirs, atol=1e-3) and ours.labels == demo.labels
