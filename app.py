@@ -193,13 +193,12 @@ def sidebar_custom() -> CustomUpload | None:
     preprocessing = sidebar_preprocessing()
     if weights is None or labels is None or preprocessing is None:
         return None
+    data = weights.getvalue()  # one copy of a file that may be 1 GB
     digests = st.session_state.setdefault("custom_weights_digests", {})
     if weights.file_id not in digests:  # hash a large file once per upload, not on every rerun
         digests.clear()
-        digests[weights.file_id] = service.content_hash(weights.getvalue())
-    return CustomUpload(
-        architecture, weights.getvalue(), labels.getvalue(), preprocessing, digests[weights.file_id]
-    )
+        digests[weights.file_id] = service.content_hash(data)
+    return CustomUpload(architecture, data, labels.getvalue(), preprocessing, digests[weights.file_id])
 
 
 def sidebar_preprocessing() -> tuple[tuple[str, object], ...] | None:

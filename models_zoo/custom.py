@@ -651,7 +651,7 @@ def _read(source: Source, what: str) -> bytes:
             reason = (error.strerror or str(error)).lower()
             raise CustomModelError(
                 f"Cannot read the {what} file {os.fspath(source)!r}: {reason}. "
-                f"Check the path (relative paths start from {os.getcwd()!r}), or give the {what} another way."
+                f"Check the path (a relative path starts from {os.getcwd()!r})."
             ) from error
     if not data:
         raise (CorruptWeightsError if what == "weights" else CustomModelError)(f"The {what} file is empty.")
