@@ -15,6 +15,8 @@ from PIL import Image
 from streamlit.delta_generator import DeltaGenerator
 
 from app_cache import (
+    CUSTOM_PREFIX,
+    FOLDER_PREFIX,
     get_explanation,
     get_faithfulness,
     get_image,
@@ -35,11 +37,16 @@ from explainers.samples import list_samples
 from explainers.service import ExplanationResult, FaithfulnessScore, Prediction
 from models_zoo import ZooModel, list_zoo
 from models_zoo.custom import architectures
+from models_zoo.folder import list_folder_models, models_dir
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
-WEIGHT_TYPES = ["safetensors", "pt", "pth", "bin"]
+WEIGHT_TYPES = ["safetensors", "pt", "pth", "bin", "pt2"]
 LABEL_TYPES = ["txt", "json"]
 CUSTOM = "Custom (upload)"  # the classifier choice that reveals the uploaders
+# Upload limits in MB. The server's cap (server.maxUploadSize in .streamlit/config.toml) is the
+# weights limit; each uploader states its own, and images are checked again here, since the
+# browser enforces a widget's limit but the server only its cap.
+IMAGE_LIMIT_MB, WEIGHTS_LIMIT_MB = 20, 1024
 PANELS_PER_ROW = 4
 OTHER_CLASS = -1  # the "another class" choice of the class radio
 SCORECAM = "scorecam"
@@ -64,11 +71,14 @@ class ImageChoice:
 
 @dataclass(frozen=True)
 class CustomUpload:
-    """A user's fine-tuned classifier: a torchvision architecture, weights and class-name files."""
+    """A user's fine-tuned classifier: an architecture, weights and class-name files, and the
+    changes to the architecture's preprocessing as (key, value) pairs."""
 
     architecture: str
     weights: bytes
     labels: bytes
+    preprocessing: tuple[tuple[str, object], ...] = ()
+    weights_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,12 @@ class Display:
 
 def sidebar_image() -> ImageChoice:
     st.sidebar.header("Image")
-    upload = st.sidebar.file_uploader("Upload an image", type=UPLOAD_TYPES, key="upload")
+    upload = st.sidebar.file_uploader(
+        f"Upload an image (up to {IMAGE_LIMIT_MB} MB)",
+        type=UPLOAD_TYPES,
+        key="upload",
+        max_upload_size=IMAGE_LIMIT_MB,
+    )
     samples = list_samples()
     sample = st.sidebar.selectbox(
         "…or pick a sample",
@@ -114,6 +129,11 @@ def sidebar_image() -> ImageChoice:
         disabled=upload is not None,
         help="Remove the uploaded file (×) to pick a sample again.",
     )
+    if upload is not None and upload.size > IMAGE_LIMIT_MB * 1024 * 1024:
+        st.sidebar.error(
+            f"{upload.name} is {upload.size / 2**20:.0f} MB; images must be {IMAGE_LIMIT_MB} MB or smaller."
+        )
+        upload = None
     if upload is not None:
         data = upload.getvalue()
         return ImageChoice(upload.name, data, service.content_hash(data))
@@ -123,9 +143,25 @@ def sidebar_image() -> ImageChoice:
 
 def sidebar_model() -> ModelRequest:
     st.sidebar.header("Model")
-    name = st.sidebar.selectbox("Classifier", [*list_zoo(), CUSTOM], key="model")
+    zoo = list_zoo()
+    folder = [FOLDER_PREFIX + name for name in list_folder_models()]
+    options = [zoo[0], *folder, *zoo[1:], CUSTOM]  # your own models right after the default
+    name = st.sidebar.selectbox(
+        "Classifier",
+        options,
+        key="model",
+        format_func=lambda option: (
+            f"{option.removeprefix(FOLDER_PREFIX)} (models folder)"
+            if option.startswith(FOLDER_PREFIX)
+            else option
+        ),
+        help=f"Models of the models folder ({models_dir()}) are listed after the default; "
+        "set CAM_MODELS_DIR to use another folder.",
+    )
     if name == CUSTOM:
         return ModelRequest(CUSTOM, False, sidebar_custom())
+    if name.startswith(FOLDER_PREFIX):
+        return ModelRequest(name, False)
     random_weights = st.sidebar.toggle(
         "Random weights (sanity check)",
         key="random_weights",
@@ -135,23 +171,79 @@ def sidebar_model() -> ModelRequest:
 
 
 def sidebar_custom() -> CustomUpload | None:
-    names = architectures()
+    names = architectures(include_timm=True)
     architecture = st.sidebar.selectbox(
         "Architecture",
         names,
         index=names.index("resnet18") if "resnet18" in names else 0,
         key="custom_architecture",
-        help="The torchvision model name your weights were trained with.",
+        help="The torchvision name your weights were trained with, or timm/<name> for a timm model. "
+        "Ignored for an exported program (.pt2), which carries its own.",
     )
     weights = st.sidebar.file_uploader(
-        "Weights (safetensors or state_dict)", type=WEIGHT_TYPES, key="custom_weights"
+        f"Weights: safetensors, state_dict or exported .pt2 (up to {WEIGHTS_LIMIT_MB // 1024} GB)",
+        type=WEIGHT_TYPES,
+        key="custom_weights",
+        max_upload_size=WEIGHTS_LIMIT_MB,
+        help="On your own machine, the models folder avoids the upload: see the README.",
     )
     labels = st.sidebar.file_uploader(
-        "Class names (one per line, or a JSON list)", type=LABEL_TYPES, key="custom_labels"
+        "Class names (one per line, or a JSON list)", type=LABEL_TYPES, key="custom_labels", max_upload_size=1
     )
-    if weights is None or labels is None:
+    preprocessing = sidebar_preprocessing()
+    if weights is None or labels is None or preprocessing is None:
         return None
-    return CustomUpload(architecture, weights.getvalue(), labels.getvalue())
+    data = weights.getvalue()  # one copy of a file that may be 1 GB
+    digests = st.session_state.setdefault("custom_weights_digests", {})
+    if weights.file_id not in digests:  # hash a large file once per upload, not on every rerun
+        digests.clear()
+        digests[weights.file_id] = service.content_hash(data)
+    return CustomUpload(architecture, data, labels.getvalue(), preprocessing, digests[weights.file_id])
+
+
+def sidebar_preprocessing() -> tuple[tuple[str, object], ...] | None:
+    """Changes to the architecture's preprocessing (empty: its own); None when a field is wrong."""
+    with st.sidebar.expander("Preprocessing (as in training)"):
+        own = st.toggle(
+            "The architecture's own",
+            value=True,
+            key="custom_pre_own",
+            help="torchvision's or timm's preprocessing for the architecture (ImageNet statistics).",
+        )
+        if own:
+            return ()
+        size = st.number_input("Input size (px)", 16, 4096, 224, key="custom_pre_size")
+        grayscale = st.toggle("Grayscale (1-channel input)", key="custom_pre_gray")
+        policy = st.radio(
+            "Resize",
+            ["crop", "squash"],
+            format_func=lambda p: (
+                "short side, then centre crop" if p == "crop" else "whole image to size×size"
+            ),
+            key="custom_pre_policy",
+            horizontal=True,
+        )
+        mean = st.text_input(
+            "Mean (one value, or one per channel)", "0.485, 0.456, 0.406", key="custom_pre_mean"
+        )
+        std = st.text_input(
+            "Std (one value, or one per channel)", "0.229, 0.224, 0.225", key="custom_pre_std"
+        )
+    try:
+        values = {
+            key: [float(v) for v in text.replace(",", " ").split()]
+            for key, text in (("mean", mean), ("std", std))
+        }
+    except ValueError:
+        st.sidebar.error("Mean and std must be numbers separated by commas, e.g. 0.5, 0.5, 0.5.")
+        return None
+    return (
+        ("size", int(size)),
+        ("channels", 1 if grayscale else 3),
+        ("policy", policy),
+        ("mean", tuple(values["mean"])),
+        ("std", tuple(values["std"])),
+    )
 
 
 def sidebar_layer(zoo_model: ZooModel) -> str:
@@ -259,7 +351,9 @@ def open_model(request: ModelRequest) -> tuple[tuple[str, bool], ZooModel] | Non
             st.info("Upload your model's weights and its class names in the sidebar (Model).")
             return None
         upload = request.custom
-        name = load_custom(upload.architecture, upload.weights, upload.labels)
+        name = load_custom(
+            upload.architecture, upload.weights, upload.labels, upload.preprocessing, upload.weights_digest
+        )
         return (name, False), get_model(name, False)
     except ExplainerInputError as error:
         st.error(str(error).splitlines()[0])
@@ -620,6 +714,8 @@ def explore() -> None:
     scores = scores_of(request, image, result, (*astuple(request), *others)) if show_scores and result else {}
     view = result.image if result else service.model_view(zoo_model, image)
     slot = render_panels(result, view, choice.name, zoo_model.name, display, scores, SCORECAM in methods)
+    if model[0].startswith((FOLDER_PREFIX, CUSTOM_PREFIX)):
+        st.caption(f"Preprocessing, as your model sees it: {zoo_model.preprocess.describe()}.")
     if result is not None:
         render_status(result)
         render_curves(scores, result.target_label)

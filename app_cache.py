@@ -24,8 +24,10 @@ from explainers.service import (
     ScorePlan,
 )
 from models_zoo import ZooModel, load_custom_model, load_model
+from models_zoo.folder import fingerprint, load_folder_model
 
 CUSTOM_PREFIX = "custom:"  # model names of uploaded models, e.g. "custom:resnet18:<hashes>"
+FOLDER_PREFIX = "folder:"  # model names of the models folder's models, e.g. "folder:nurse_doctor"
 
 V = TypeVar("V")
 
@@ -68,8 +70,18 @@ def custom_models() -> BoundedStore[ZooModel]:
     return BoundedStore(4)
 
 
+@st.cache_resource(max_entries=4, show_spinner="Loading your model from the models folder…")
+def _folder_model(name: str, stamp: str) -> ZooModel:
+    # `stamp` changes when the card or its files change on disk: the edited model is reloaded.
+    return load_folder_model(name)
+
+
 def get_model(name: str, random_weights: bool) -> ZooModel:
-    """A zoo model by name, or an uploaded one by the name `load_custom` gave it."""
+    """A zoo model by name, a models-folder one as "folder:NAME", or an uploaded one by the name
+    `load_custom` gave it."""
+    if name.startswith(FOLDER_PREFIX):
+        folder_name = name.removeprefix(FOLDER_PREFIX)
+        return _folder_model(folder_name, fingerprint(folder_name))
     if name.startswith(CUSTOM_PREFIX):
         model = custom_models().get(name)
         if model is None:
@@ -78,18 +90,33 @@ def get_model(name: str, random_weights: bool) -> ZooModel:
     return _zoo_model(name, random_weights)
 
 
-def load_custom(architecture: str, weights: bytes, labels: bytes) -> str:
-    """Build an uploaded model once per (architecture, files) and return its model name.
+def load_custom(
+    architecture: str,
+    weights: bytes,
+    labels: bytes,
+    preprocessing: tuple[tuple[str, object], ...] = (),
+    weights_digest: str | None = None,
+) -> str:
+    """Build an uploaded model once per (architecture, files, preprocessing) and return its name.
+
+    Args:
+        preprocessing: changes to the architecture's preprocessing, as (key, value) pairs
+            (see `models_zoo.custom.preprocessing_from`); empty keeps the architecture's own.
+        weights_digest: the weights' content hash when the caller already has it (hashing a
+            1 GB file takes seconds: once per upload, not once per rerun).
 
     Raises:
         CustomModelError: the files do not make a model (see `models_zoo.custom`).
     """
-    digests = f"{service.content_hash(weights)[:16]}:{service.content_hash(labels)[:16]}"
-    name = f"{CUSTOM_PREFIX}{architecture}:{digests}"
+    digests = f"{(weights_digest or service.content_hash(weights))[:16]}:{service.content_hash(labels)[:16]}"
+    name = f"{CUSTOM_PREFIX}{architecture}:{digests}:{service.content_hash(repr(preprocessing).encode())[:8]}"
     store = custom_models()
     if store.get(name) is None:
         with st.spinner("Loading your model…"):
-            store.put(name, load_custom_model(architecture, weights, labels, name=f"{architecture} (custom)"))
+            model = load_custom_model(
+                architecture, weights, labels, preprocessing=dict(preprocessing) or None
+            )
+            store.put(name, model)
     return name
 
 

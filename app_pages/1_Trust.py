@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from app_cache import get_image, get_model, load_custom
+from app_cache import FOLDER_PREFIX, get_image, get_model, load_custom
 from explainers import ExplainerInputError
 from explainers.compare import Panel, compare_classes, compare_models, explain_panel
 from explainers.core import METHODS, method_title
@@ -32,8 +32,10 @@ from explainers.service import model_view, predict
 from models_zoo import ZooModel, cue_box, demo_image, list_zoo
 from models_zoo.custom import architectures
 from models_zoo.names import display_name
+from models_zoo.folder import list_folder_models
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
+IMAGE_LIMIT_MB, WEIGHTS_LIMIT_MB = 20, 1024  # the server's cap is the weights limit (.streamlit/config.toml)
 SECTIONS = {
     "models": "Compare two models",
     "classes": "Two classes",
@@ -169,7 +171,17 @@ def sidebar_image(section: str, label: str = "Image") -> ImageChoice | None:
     default = DEFAULTS[section]["image"]
     pick = st.sidebar.selectbox(label, options, index=options.index(default), key=f"image:{section}")
     if pick == UPLOAD:
-        upload = st.sidebar.file_uploader("Your image", type=UPLOAD_TYPES, key=f"upload:{section}")
+        upload = st.sidebar.file_uploader(
+            f"Your image (up to {IMAGE_LIMIT_MB} MB)",
+            type=UPLOAD_TYPES,
+            key=f"upload:{section}",
+            max_upload_size=IMAGE_LIMIT_MB,
+        )
+        if upload is not None and upload.size > IMAGE_LIMIT_MB * 2**20:
+            st.sidebar.error(
+                f"{upload.name} is {upload.size / 2**20:.0f} MB; images must be {IMAGE_LIMIT_MB} MB or smaller."
+            )
+            return None
         if upload is None:
             return None
         data = upload.getvalue()
@@ -179,25 +191,41 @@ def sidebar_image(section: str, label: str = "Image") -> ImageChoice | None:
 
 
 def sidebar_model(label: str, key: str, default: str) -> ModelChoice | None:
-    """A zoo model, or a custom one: architecture + weights file + class-names file."""
-    names = [*list_zoo(), CUSTOM]
+    """A zoo model, one of the models folder, or a custom one: architecture + weights + class names."""
+    zoo = list_zoo()
+    names = [zoo[0], *(FOLDER_PREFIX + name for name in list_folder_models()), *zoo[1:], CUSTOM]
     pick = st.sidebar.selectbox(
-        label, names, index=names.index(default), format_func=display_name, key=f"model:{key}"
+        label,
+        names,
+        index=names.index(default),
+        key=f"model:{key}",
+        format_func=lambda option: (
+            f"{option.removeprefix(FOLDER_PREFIX)} (models folder)"
+            if option.startswith(FOLDER_PREFIX)
+            else display_name(option)
+        ),
     )
     if pick != CUSTOM:
         return ModelChoice(pick)
-    archs = architectures()
+    archs = architectures(include_timm=True)
     with st.sidebar.container(border=True):
         arch = st.selectbox(
-            "Architecture (torchvision name)", archs, index=archs.index("resnet18"), key=f"arch:{key}"
+            "Architecture (torchvision name, or timm/<name>; ignored for .pt2)",
+            archs,
+            index=archs.index("resnet18"),
+            key=f"arch:{key}",
         )
         weights = st.file_uploader(
-            "Weights (.safetensors, or a state_dict .pt/.pth)",
-            type=["safetensors", "pt", "pth", "bin"],
+            f"Weights (.safetensors, a state_dict .pt/.pth, or an exported .pt2; up to {WEIGHTS_LIMIT_MB // 1024} GB)",
+            type=["safetensors", "pt", "pth", "bin", "pt2"],
             key=f"weights:{key}",
+            max_upload_size=WEIGHTS_LIMIT_MB,
         )
         labels = st.file_uploader(
-            "Class names (.txt, one per line, or a JSON list)", type=["txt", "json"], key=f"labels:{key}"
+            "Class names (.txt, one per line, or a JSON list)",
+            type=["txt", "json"],
+            key=f"labels:{key}",
+            max_upload_size=1,
         )
     if weights is None or labels is None:
         return None
@@ -249,19 +277,8 @@ def open_model(choice: ModelChoice | None, side: str = "") -> ZooModel | None:
 
 
 def box_in_crop(zoo: ZooModel, image: Image.Image, box: Box) -> Box:
-    """Where a box drawn on the image lands in the model's crop (resize short side, centre crop)."""
-    scale = zoo.preprocess.resize / min(image.size)
-    offsets = (
-        (image.width * scale - zoo.preprocess.crop) / 2,
-        (image.height * scale - zoo.preprocess.crop) / 2,
-    )
-    x0, y0, x1, y1 = box
-    return (
-        round(x0 * scale - offsets[0]),
-        round(y0 * scale - offsets[1]),
-        round(x1 * scale - offsets[0]),
-        round(y1 * scale - offsets[1]),
-    )
+    """Where a box drawn on the image lands in the model's input (its resize policy's geometry)."""
+    return zoo.preprocess.to_crop(box, image.size)
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -64,6 +64,7 @@ def sidebar() -> tuple[str, str, bool, bytes | None, str | None]:
             "Optional: run the lesson on your image (the watermark lesson adds the watermark to it)",
             type=UPLOAD_TYPES,
             key="lesson_upload",
+            max_upload_size=20,  # images stay small; the server's cap is the weights limit (1 GB)
         )
     if upload is None:
         return key, model, random_weights, None, None

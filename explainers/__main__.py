@@ -1,6 +1,6 @@
 """Command line: explain one image and write overlays, raw maps and predictions.
 
-    python -m explainers IMAGE [--model NAME | --arch ARCH --weights FILE --labels FILE]
+    python -m explainers IMAGE [--model NAME [--models-dir DIR] | [--arch ARCH] --weights FILE --labels FILE]
                                [--layer NAME] [--target N]
                                [--methods gradcam,gradcam++] [--counterfactual] [--out DIR]
 

@@ -1,6 +1,6 @@
 """Batch audit: explain every image of a folder; write a CSV of scores and an HTML gallery.
 
-    python -m explainers.audit FOLDER [--model NAME | --arch ARCH --weights FILE --labels FILE]
+    python -m explainers.audit FOLDER [--model NAME [--models-dir DIR] | [--arch ARCH] --weights FILE --labels FILE]
                                [--layer NAME] [--methods gradcam,gradcam++] [--target CLASS]
                                [--box x0,y0,x1,y1] [--steps 16] [--out DIR]
 

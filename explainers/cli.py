@@ -38,26 +38,41 @@ def file_stem(method: str) -> str:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model for a zoo model, or --arch/--weights/--labels for a fine-tuned one."""
+    """--model for a zoo or models-folder model, or --arch/--weights/--labels for a fine-tuned one."""
     from models_zoo import DEFAULT_MODEL
+    from models_zoo.folder import ENV
 
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"a zoo model (default: {DEFAULT_MODEL})")
-    parser.add_argument("--arch", help="custom model: a torchvision architecture, e.g. resnet18")
-    parser.add_argument("--weights", help="custom model: .safetensors or a state_dict .pt/.pth")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a zoo model, or a model of the models folder by its card's name (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--models-dir",
+        help=f"the models folder: model cards + weights (default: ${ENV} or ~/.cam-explorer/models)",
+    )
+    parser.add_argument(
+        "--arch", help="custom model: a torchvision architecture (resnet18) or timm/<name>; none for a .pt2"
+    )
+    parser.add_argument(
+        "--weights", help="custom model: .safetensors, a state_dict .pt/.pth, or an exported .pt2"
+    )
     parser.add_argument("--labels", help="custom model: class names, one per line or a JSON list")
 
 
 def load_zoo(args: argparse.Namespace):
-    """The zoo model, or the custom model when --arch/--weights/--labels are given (all three).
+    """The custom model when --weights/--labels are given, else --model from the folder or the zoo.
 
     Raises:
-        ExplainerInputError: an incomplete custom-model triple, or any loading error.
+        ExplainerInputError: an incomplete custom model, an unknown name, or any loading error.
     """
-    from models_zoo import load_custom_model, load_model
+    from models_zoo import load_custom_model
+    from models_zoo.folder import load_named
 
-    custom = (args.arch, args.weights, args.labels)
-    if any(value is not None for value in custom):
-        if not all(value is not None for value in custom):
-            raise ExplainerInputError("A custom model needs all three of --arch, --weights and --labels.")
+    if any(value is not None for value in (args.arch, args.weights, args.labels)):
+        if args.weights is None or args.labels is None:
+            raise ExplainerInputError(
+                "A custom model needs --weights and --labels (and --arch, unless the weights are a .pt2)."
+            )
         return load_custom_model(args.arch, args.weights, args.labels)
-    return load_model(args.model)
+    return load_named(args.model, getattr(args, "models_dir", None))

@@ -38,38 +38,73 @@ class WeightsUnavailableError(ExplainerInputError):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize the short side, centre-crop, scale to [0, 1] and normalise, as in training.
+    """Resize, crop, scale to [0, 1] and normalise, as in training.
 
     Attributes:
-        resize: target length of the image's short side, in pixels.
-        crop: side of the square centre crop the model sees.
-        mean, std: per-channel normalisation of [0, 1] RGB values.
+        resize: target length of the image's short side, in pixels (policy "crop").
+        crop: side of the square image the model sees.
+        mean, std: per-channel normalisation of [0, 1] values (one value each for grayscale).
         interpolation: resampling used by the resize.
+        channels: 3 for RGB input, 1 for grayscale (the image is converted to luminance).
+        policy: "crop" resizes the short side to `resize` and centre-crops `crop`; "squash"
+            resizes the whole image to `crop`×`crop`, ignoring its aspect ratio
+            (``transforms.Resize((s, s))``).
     """
 
     resize: int
     crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     interpolation: InterpolationMode = InterpolationMode.BILINEAR
+    channels: int = 3
+    policy: str = "crop"
 
     def crop_image(self, image: Image.Image) -> Image.Image:
-        """The RGB image exactly as the model sees it, before normalisation."""
-        image = TF.resize(image.convert("RGB"), self.resize, interpolation=self.interpolation)
+        """The image exactly as the model sees it, before normalisation (RGB; gray for 1 channel)."""
+        image = image.convert("L").convert("RGB") if self.channels == 1 else image.convert("RGB")
+        if self.policy == "squash":
+            return TF.resize(image, [self.crop, self.crop], interpolation=self.interpolation)
+        image = TF.resize(image, self.resize, interpolation=self.interpolation)
         return TF.center_crop(image, self.crop)
 
     def normalise(self, cropped: Image.Image) -> torch.Tensor:
-        """An image already shaped by `crop_image` (or edited after it) -> tensor (1, 3, crop, crop)."""
-        return TF.normalize(TF.to_tensor(cropped.convert("RGB")), self.mean, self.std)[None]
+        """An image already shaped by `crop_image` (or edited after it) -> (1, channels, crop, crop)."""
+        mode = "L" if self.channels == 1 else "RGB"
+        return TF.normalize(TF.to_tensor(cropped.convert(mode)), self.mean, self.std)[None]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """PIL image -> normalised tensor (1, 3, crop, crop)."""
+        """PIL image -> normalised tensor (1, channels, crop, crop)."""
         return self.normalise(self.crop_image(image))
 
     def crop_and_tensor(self, image: Image.Image) -> tuple[Image.Image, torch.Tensor]:
         """What the model sees and its input, from one resize: (`crop_image`, `__call__`)."""
         crop = self.crop_image(image)
         return crop, self.normalise(crop)
+
+    def to_crop(self, box: tuple[int, int, int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Where a box (x0, y0, x1, y1) on an image of `size` (width, height) lands in the model's input."""
+        width, height = size
+        if self.policy == "squash":
+            sx, sy = self.crop / width, self.crop / height
+            offsets = (0.0, 0.0)
+        else:
+            sx = sy = self.resize / min(width, height)
+            offsets = ((width * sx - self.crop) / 2, (height * sy - self.crop) / 2)
+        x0, y0, x1, y1 = box
+        return (
+            round(x0 * sx - offsets[0]),
+            round(y0 * sy - offsets[1]),
+            round(x1 * sx - offsets[0]),
+            round(y1 * sy - offsets[1]),
+        )
+
+    def describe(self) -> str:
+        """One line for captions: "320×320 grayscale, squashed, mean 0.5 std 0.5"."""
+        colour = "grayscale" if self.channels == 1 else "RGB"
+        how = "squashed" if self.policy == "squash" else f"short side {self.resize}, centre crop"
+        mean = ", ".join(f"{v:.3g}" for v in self.mean)
+        std = ", ".join(f"{v:.3g}" for v in self.std)
+        return f"{self.crop}×{self.crop} {colour}, {how}, mean ({mean}), std ({std})"
 
     @classmethod
     def from_torchvision(cls, transforms: Callable) -> Preprocessing:

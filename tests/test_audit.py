@@ -87,7 +87,7 @@ def test_audit_custom_model_with_a_target(folder, tmp_path, capsys):
         (["--box", "0,0,300,300"], "outside the model input"),
         (["--methods", "gradcamm"], "Unknown method 'gradcamm'"),
         (["--model", "resnet-18"], "Unknown model"),
-        (["--arch", "resnet18"], "needs all three"),
+        (["--arch", "resnet18"], "needs --weights and --labels"),
         (["--target", "unicorn"], "no class named 'unicorn'"),
         (["--layer", "_bn2"], "no layer named '_bn2'"),
         (["--steps", "-1"], "--steps"),

@@ -103,4 +103,4 @@ def test_a_custom_model_from_files(tmp_path):
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert summary["target"]["label"] in {"nurse", "doctor", "surgeon"} and len(summary["top5"]) == 3
     incomplete = cli(str(SAMPLES_DIR / "grace_hopper.jpg"), "--arch", "resnet18")
-    assert incomplete.returncode == 2 and "all three" in incomplete.stderr
+    assert incomplete.returncode == 2 and "needs --weights and --labels" in incomplete.stderr
