@@ -31,8 +31,8 @@ from explainers.sanity import SanityResult, sanity_check
 from explainers.service import model_view, predict
 from models_zoo import ZooModel, cue_box, demo_image, list_zoo
 from models_zoo.custom import architectures
-from models_zoo.names import display_name
 from models_zoo.folder import list_folder_models
+from models_zoo.names import display_name
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 IMAGE_LIMIT_MB, WEIGHTS_LIMIT_MB = 20, 1024  # the server's cap is the weights limit (.streamlit/config.toml)

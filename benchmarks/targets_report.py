@@ -67,7 +67,11 @@ def main() -> None:
     for name in METHODS:
         for layer in (args.old, args.new):
             row = table[layer].get(name)
-            cells = [f"{row[c]:.1f}" if "auc" not in c else f"{row[c]:.3f}" for c in columns] if row else ["n/a"] * 4
+            cells = (
+                [f"{row[c]:.1f}" if "auc" not in c else f"{row[c]:.3f}" for c in columns]
+                if row
+                else ["n/a"] * 4
+            )
             print(f"| {method_title(name)} | `{layer}` | " + " | ".join(cells) + " |")
 
 

@@ -70,8 +70,13 @@ class _RectifiedReLU(torch.autograd.Function):
         return grad, None, None, None
 
 
-# Activations without a guided rule; seeing one makes the pass refuse the model.
+# Activations without a guided rule; seeing one makes the pass refuse the model (ATen operators
+# for exported programs).
+_ATEN = torch.ops.aten
 _UNSUPPORTED = {
+    _ATEN.gelu.default, _ATEN.silu.default, _ATEN.silu_.default, _ATEN.hardswish.default,
+    _ATEN.hardswish_.default, _ATEN.mish.default, _ATEN.elu.default, _ATEN.leaky_relu.default,
+    _ATEN.prelu.default, _ATEN.softplus.default,
     F.silu, F.gelu, F.hardswish, F.mish, F.elu, F.elu_, F.selu, F.selu_, F.celu, F.celu_,
     F.leaky_relu, F.leaky_relu_, F.prelu, F.rrelu, F.rrelu_, F.softplus, F.threshold, F.threshold_,
 }  # fmt: skip

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from explainers.errors import did_you_mean
 from models_zoo.custom import CustomModelError, load_custom_model
+from models_zoo.errors import did_you_mean
 from models_zoo.zoo import REGISTRY, ZooModel
 
 ENV = "CAM_MODELS_DIR"

@@ -104,6 +104,14 @@ RELU_CALLS: dict[Callable, Callable[..., ReluCall | None]] = {
     F.hardtanh: _hardtanh,
     F.hardtanh_: _hardtanh_,
 }
+# Exported programs (torch.export, unflattened) call ATen operators directly.
+_ATEN = torch.ops.aten
+RELU_CALLS.update({
+    _ATEN.relu.default: _relu,
+    _ATEN.relu_.default: _relu_,
+    _ATEN.hardtanh.default: _hardtanh,
+    _ATEN.hardtanh_.default: _hardtanh_,
+})  # fmt: skip
 
 
 def relu_input(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -113,9 +121,18 @@ def relu_input(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None
     return call[0] if call is not None else None
 
 
-_POOLS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d}
-_REDUCTIONS = {torch.mean, torch.Tensor.mean, torch.amax, torch.Tensor.amax, torch.sum, torch.Tensor.sum}
-_FLATTENS = {torch.flatten, torch.Tensor.flatten, torch.Tensor.view, torch.Tensor.reshape, torch.reshape}
+_POOLS = {
+    F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d,
+    _ATEN.adaptive_avg_pool2d.default, _ATEN.avg_pool2d.default, _ATEN.max_pool2d.default,
+}  # fmt: skip
+_REDUCTIONS = {
+    torch.mean, torch.Tensor.mean, torch.amax, torch.Tensor.amax, torch.sum, torch.Tensor.sum,
+    _ATEN.mean.dim, _ATEN.amax.default, _ATEN.sum.dim_IntList,
+}  # fmt: skip
+_FLATTENS = {
+    torch.flatten, torch.Tensor.flatten, torch.Tensor.view, torch.Tensor.reshape, torch.reshape,
+    _ATEN.flatten.using_ints, _ATEN.view.default, _ATEN.reshape.default,
+}  # fmt: skip
 HEAD_CALLS = _POOLS | _REDUCTIONS | _FLATTENS
 
 
@@ -481,7 +498,7 @@ class _Recorder(TorchFunctionMode):
                 self.relus.append((time, x, result))
                 self.nonnegative[id(result)] = (time, result)
         elif func in _KEEPS_SIGN and isinstance(result, torch.Tensor):
-            inputs = args[0] if func in (torch.cat, torch.concat) else args[:1]
+            inputs = args[0] if func in (torch.cat, torch.concat, _ATEN.cat.default) else args[:1]
             if inputs and all(self.is_nonnegative(t) for t in inputs):
                 self.nonnegative[id(result)] = (next(self.clock), result)
         if func in HEAD_CALLS:
@@ -497,6 +514,7 @@ _KEEPS_SIGN = {
     torch.cat, torch.concat, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
     F.dropout, torch.flatten, torch.Tensor.flatten, torch.Tensor.view, torch.Tensor.reshape,
     torch.reshape, torch.Tensor.permute, torch.permute, torch.Tensor.contiguous, torch.Tensor.clone,
+    *_POOLS, *_FLATTENS, _ATEN.cat.default, _ATEN.dropout.default, _ATEN.permute.default,
 }  # fmt: skip
 
 

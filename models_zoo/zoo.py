@@ -23,7 +23,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from models_zoo.errors import ExplainerInputError, did_you_mean
-from models_zoo.targets import LayerInfo, probe
+from models_zoo.targets import LayerInfo, check_target, probe
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -335,7 +335,9 @@ def wrap_model(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     input_size = (preprocessing.crop, preprocessing.crop)
-    anatomy = probe(model, (getattr(preprocessing, "channels", 3), *input_size))
+    if default_layer:
+        check_target(model, default_layer)  # a card's or spec's layer: fail at load, with close matches
+    anatomy = probe(model, (preprocessing.channels, *input_size))
     layers = anatomy.layers()
     chosen = default_layer or (layers[0].name if layers else None)
     if chosen is None:

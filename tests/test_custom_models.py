@@ -208,6 +208,19 @@ def test_an_exported_program_works_with_every_cam_and_matches_the_eager_model(cn
     assert nonzero
 
 
+def test_an_exported_program_has_a_final_feature_map_and_guided_maps(cnn, chelsea):
+    """Its ATen calls (aten.relu, aten.adaptive_avg_pool2d) are seen as the eager model's are."""
+    zoo = load_custom_model(None, exported(cnn), ["stripes", "dots"], device="cpu")
+    assert zoo.default_layer == "final" and zoo.layers()[0].rectified
+    x = zoo.preprocess(chelsea)
+    methods = [*CAMS, "guided_backprop", "deconvnet", "guided_gradcam"]
+    for target in (0, 1):
+        ours = explain(zoo.model, x, "final", methods, target=target)
+        eager = explain(cnn, x, "final", methods, target=target)
+        for name in methods:
+            assert torch.allclose(ours.maps[name], eager.maps[name], atol=1e-4), (name, target)
+
+
 def test_an_exported_program_in_the_service_layer(cnn, chelsea):
     zoo = load_custom_model(None, exported(cnn), ["stripes", "dots"], device="cpu")
     result = run_explanation(zoo, chelsea, "act", CAMS, None, False)

@@ -322,4 +322,7 @@ def test_every_method_and_multi_call_works_at_function_targets(x):
     assert [e.target for e in top] == model(x).topk(3).indices[0].tolist()
     layers = sweep(model, x, ["bn1:relu", FINAL], ["gradcam", "layercam"])
     assert list(layers) == ["bn1:relu", FINAL]
-    assert layers["bn1:relu"].raw["gradcam"].shape == (16, 16) and layers[FINAL].raw["gradcam"].shape == (8, 8)
+    assert layers["bn1:relu"].raw["gradcam"].shape == (16, 16) and layers[FINAL].raw["gradcam"].shape == (
+        8,
+        8,
+    )
