@@ -235,7 +235,7 @@ def test_display_changes_do_not_recompute(monkeypatch):
     layer_select(at).set_value("_blocks.10").run()
     assert len(calls) == 2
     # Back to an earlier choice: served from the cache.
-    layer_select(at).set_value("_bn1").run()
+    layer_select(at).set_value("final").run()
     assert len(calls) == 2 and shows_overlays(at)
 
 
