@@ -7,6 +7,7 @@ themselves are tested as plain functions in test_service.py.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import urllib.error
 import zlib
@@ -245,7 +246,7 @@ def test_two_sessions_do_not_interfere():
     layer_select(first).set_value("_blocks.10").run()
     second.run()
     assert class_radio(second).index == 0 and class_radio(first).index == 2
-    assert "layer _bn1" in status(second) and "layer _blocks.10" in status(first)
+    assert "layer final" in status(second) and "layer _blocks.10" in status(first)
 
 
 # ------------------------------------------------------------------ Score-CAM, more maps, uploads
@@ -266,7 +267,11 @@ def test_scorecam_says_its_cost_then_runs_with_progress():
     assert "scorecam" not in at.multiselect(key="methods").value, "too slow for the default page"
     choose_scorecam(at)
     assert at.toggle(key="scorecam_approximation").value  # a short approximation by default
-    assert any(c.value == "Score-CAM will take 32 forward passes (batches of 32)." for c in at.caption)
+    # At most 32 of the 1280 channels; channels blank on this image need no pass.
+    assert any(
+        re.fullmatch(r"Score-CAM will take \d+ forward passes \(batches of \d+\)\.", c.value)
+        for c in at.caption
+    )
     assert not any(c.startswith("Score-CAM · ") for c in captions(at)), "runs only when asked"
     at.button(key="scorecam_run").click().run()
     assert not at.exception and not errors(at)

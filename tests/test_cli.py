@@ -68,7 +68,7 @@ def test_layer_target_methods_and_counterfactual(tmp_path):
         (["{sample}", "--layer", "_fc"], "not a feature map"),
         (["{sample}", "--target", "1000"], "out of range"),
         (["{sample}", "--target", "cat"], "invalid int value"),
-        (["{sample}", "--methods", "cam"], "global average pooling"),
+        (["{sample}", "--methods", "cam", "--layer", "_bn1"], "global average pooling"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):

@@ -128,8 +128,8 @@ def test_wrong_class_count(resnet18_state):
 def test_unknown_architecture_close_matches(resnet18_state):
     with pytest.raises(CustomModelError, match="Unknown architecture 'resnet81'. Did you mean 'resnet18'"):
         load_custom_model("resnet81", save_safetensors(resnet18_state), LABELS)
-    with pytest.raises(CustomModelError, match="Unknown architecture 'vit_b_16'"):
-        load_custom_model("vit_b_16", save_safetensors(resnet18_state), LABELS)  # not convolutional
+    with pytest.raises(CustomModelError, match="not a vit_b_16: they look like a resnet18"):
+        load_custom_model("vit_b_16", save_safetensors(resnet18_state), LABELS)
 
 
 def test_labels_files(tmp_path):
