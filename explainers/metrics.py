@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms import functional as TF
@@ -84,6 +85,97 @@ def saliency(heatmap: torch.Tensor) -> torch.Tensor:
     if heatmap.ndim != 2:
         raise ExplainerInputError(f"Expected a map of shape (H, W) or (H, W, 3), got {tuple(heatmap.shape)}.")
     return heatmap.clamp(0, 1)
+
+
+# Guided maps are scaled by this percentile of their magnitude before they are used as a mask:
+# a few pixels carry gradients tens of times the typical one, so a division by the maximum
+# leaves a mask of mean 0.01-0.06 (a nearly black image) whatever the map shows.
+GUIDED_PERCENTILE = 99.0
+
+
+def scaled_saliency(heatmap: torch.Tensor, percentile: float = GUIDED_PERCENTILE) -> torch.Tensor:
+    """A map as (H, W) in [0, 1] on a scale fair to guided maps: what masks and similarity use.
+
+    CAM maps (H, W) pass through, clamped to [0, 1] (their peak is 1 by construction). Guided
+    maps (H, W, 3) become the absolute value summed over colour channels, divided by its
+    ``percentile``-th percentile and clipped to 1, as saliency maps are shown in Adebayo et al.
+    2018 and Smilkov et al. 2017 (SmoothGrad); all zeros when that percentile is 0.
+    """
+    heatmap = heatmap.detach().float()
+    if heatmap.ndim == 3 and heatmap.shape[-1] == 3:
+        magnitude = heatmap.abs().sum(-1)
+        scale = torch.quantile(magnitude.flatten().cpu(), percentile / 100).to(magnitude.device)
+        if scale <= 0:
+            return torch.zeros_like(magnitude)
+        return (magnitude / scale).clamp(max=1)
+    return saliency(heatmap)
+
+
+def signed_map(heatmap: torch.Tensor) -> torch.Tensor:
+    """A map as (H, W) with its sign: a guided map summed over colour channels, a CAM as it is."""
+    heatmap = heatmap.detach().float()
+    if heatmap.ndim == 3 and heatmap.shape[-1] == 3:
+        return heatmap.sum(-1)
+    return saliency(heatmap)
+
+
+def is_blank(heatmap: torch.Tensor) -> bool:
+    """Whether a map ranks nothing: its saliency is the same everywhere (all zeros, typically)."""
+    values = saliency(heatmap)
+    return bool(values.max() - values.min() <= 1e-6)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Structural similarity of two (H, W) maps in [0, 1] (Wang et al. 2004), as Adebayo et al. use it.
+
+    scikit-image's ``structural_similarity`` with its defaults (7 × 7 uniform window, sample
+    covariances, K1 = 0.01, K2 = 0.03) and ``data_range=1``: 1 for equal maps, about 0 for
+    unrelated ones.
+    """
+    from skimage.metrics import structural_similarity
+
+    if a.shape != b.shape:
+        raise ValueError(f"Maps differ in shape: {tuple(a.shape)} and {tuple(b.shape)}.")
+    first, second = (np.asarray(m.detach().double().cpu()) for m in (a, b))
+    side = min(first.shape)
+    if side < 3:
+        raise ValueError(f"SSIM needs maps of at least 3 × 3 pixels, got {tuple(a.shape)}.")
+    window = min(7, side if side % 2 else side - 1)  # the default 7, or what a small map allows
+    return float(structural_similarity(first, second, data_range=1.0, win_size=window))
+
+
+# HOG of Adebayo et al.'s comparison: 9 orientations over cells of 16 x 16 pixels (a 224 x 224
+# map has 14 x 14 cells), blocks of 2 x 2 cells; maps under 64 pixels get cells of a quarter
+# of their side, so that they still have 4 x 4 cells.
+HOG_CELL = 16
+
+
+def hog_features(heatmap: torch.Tensor) -> np.ndarray:
+    """Histogram-of-oriented-gradients features of an (H, W) map (scikit-image's ``hog``)."""
+    from skimage.feature import hog
+
+    cell = max(1, min(HOG_CELL, min(heatmap.shape) // 4))
+    return hog(
+        np.asarray(heatmap.detach().double().cpu()),
+        orientations=9,
+        pixels_per_cell=(cell, cell),
+        cells_per_block=(2, 2),
+        feature_vector=True,
+    )
+
+
+def hog_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of the HOG features of two (H, W) maps (Adebayo et al. 2018).
+
+    1 for maps with the same edges in the same places; 0 when either map has no edges at all
+    (its features are constant, so the correlation is undefined).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"Maps differ in shape: {tuple(a.shape)} and {tuple(b.shape)}.")
+    fa, fb = hog_features(a), hog_features(b)
+    fa, fb = fa - fa.mean(), fb - fb.mean()
+    denominator = float(np.linalg.norm(fa) * np.linalg.norm(fb))
+    return float(fa @ fb / denominator) if denominator > 0 else 0.0
 
 
 def energy_in_box(heatmap: torch.Tensor, box: Box) -> float:
