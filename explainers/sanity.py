@@ -138,6 +138,11 @@ class SanityVerdict:
     def passes(self) -> bool:
         return self.status == "changes"
 
+    @property
+    def evidence(self) -> str:
+        """The judged means in words, e.g. "Spearman ρ (absolute) 0.09, SSIM 0.24, HOG similarity 0.05"."""
+        return ", ".join(f"{MEASURES[m]} {self.overall[m]:.2f}" for m in JUDGED if m in self.overall)
+
 
 def randomisation_steps(model: nn.Module) -> list[tuple[str, ...]]:
     """The cascade of Adebayo et al.: the model's units from the output back, one step each.
@@ -178,7 +183,6 @@ def reinitialise(module: nn.Module) -> None:
             with torch.no_grad():
                 for parameter in own:
                     parameter.normal_(0, 0.01)
-
 
 
 def compare_maps(original: torch.Tensor, changed: torch.Tensor) -> dict[str, float]:
@@ -326,19 +330,16 @@ def judge(result: SanityResult, method: str, trained: bool = True) -> SanityVerd
         trained: whether the model had learned weights (`ZooModel.trained`).
     """
     if not trained:
-        return SanityVerdict(
-            "cannot judge",
-            {},
-            "Cannot judge: the model has random weights, so there is nothing learned for the "
-            "randomisation to destroy.",
-        )
+        return SanityVerdict("cannot judge", {}, judge_untrained())
     if result.blank.get(method, False):
         return SanityVerdict(
             "cannot judge", {}, "Cannot judge: the original map is blank, so there is nothing to compare."
         )
     if len(result.steps) < 2:
         return SanityVerdict(
-            "cannot judge", {}, "Cannot judge: the verdict reads the cascade; re-initialise at least 2 layers."
+            "cannot judge",
+            {},
+            "Cannot judge: the verdict reads the cascade; re-initialise at least 2 layers.",
         )
     if result.blank_after.get(method, 0.0) > 0.5:
         return SanityVerdict(
@@ -348,7 +349,7 @@ def judge(result: SanityResult, method: str, trained: bool = True) -> SanityVerd
         )
     overall = {measure: result.overall(method, measure) for measure in MEASURES}
     judged = [overall[measure] for measure in JUDGED]
-    numbers = ", ".join(f"{MEASURES[m]} {overall[m]:.2f}" for m in JUDGED)
+    numbers = SanityVerdict("", overall, "").evidence
     seeds = "1 seed" if len(result.seeds) == 1 else f"{len(result.seeds)} seeds"
     where = f"mean over {len(result.steps)} steps and {seeds}: {numbers}; threshold {CHANGED_BELOW}"
     if all(value < CHANGED_BELOW for value in judged):
@@ -356,3 +357,11 @@ def judge(result: SanityResult, method: str, trained: bool = True) -> SanityVerd
     if all(value >= CHANGED_BELOW for value in judged):
         return SanityVerdict("stays", overall, f"The map stays like the original ({where}).")
     return SanityVerdict("mixed", overall, f"The measures disagree ({where}).")
+
+
+def judge_untrained() -> str:
+    """Why the sanity check cannot judge a model with random weights (checked before any cascade)."""
+    return (
+        "Cannot judge: the model has random weights, so there is nothing learned for the "
+        "randomisation to destroy."
+    )

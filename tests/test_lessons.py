@@ -57,7 +57,8 @@ def test_class_discrimination_holds_on_the_collage(default_lessons):
 def test_sanity_check_separates_gradcam_from_guided_backprop(default_lessons):
     result = default_lessons["sanity"]
     assert result.holds, result.verdict
-    assert result.series["gradcam"][0] == 1.0 and len(result.series_x) == len(result.series["gradcam"])
+    curve = result.series["Grad-CAM, Spearman ρ (absolute)"]
+    assert curve[0] == 1.0 and len(result.series_x) == len(curve)
 
 
 def test_instances_lesson_reports_what_it_measures(default_lessons):

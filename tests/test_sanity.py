@@ -9,7 +9,7 @@ from conftest import GapLinear, assert_untouched, frozen, module_state
 from torch import nn
 
 from explainers.errors import LayerError
-from explainers.lessons import sample
+from explainers.lessons import sample, sanity_lesson
 from explainers.metrics import hog_similarity, scaled_saliency, ssim
 from explainers.sanity import (
     MEASURES,
@@ -21,6 +21,7 @@ from explainers.sanity import (
     reinitialise,
     sanity_check,
 )
+from models_zoo import Preprocessing, load_model, wrap_model
 
 
 class TwoConvs(nn.Module):
@@ -248,3 +249,44 @@ def test_verdict_reads_the_whole_cascade_and_the_seeds():
     assert changes.status == "changes" and changes.overall["hog"] == pytest.approx(0.2)
     blank = judge(result([[0.0, 0.0], [0.0, 0.0]], blank_after=0.75), "m")
     assert blank.status == "cannot judge" and "75%" in blank.reason
+
+
+# --- the lesson: holds, fails, not measurable ----------------------------------------------------
+
+
+class ScaledStack(nn.Module):
+    """GapLinear under four positive scales: the lesson's four steps leave every map as it was."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = GapLinear(channels=6, classes=4)
+        self.scales = nn.Sequential(*(PositiveScale() for _ in range(4)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scales(self.body(x))
+
+
+def test_sanity_lesson_holds_on_the_trained_default_model(lite0):
+    lesson = sanity_lesson(lite0)
+    assert lesson.holds, lesson.verdict
+    assert lesson.measurements["SSIM, Grad-CAM"] < 0.5 < lesson.measurements["SSIM, guided backprop"]
+    assert f"{lesson.measurements['HOG similarity, Grad-CAM']:.2f}" in lesson.verdict
+    assert "as claimed" in lesson.verdict
+
+
+def test_sanity_lesson_fails_when_no_map_depends_on_the_randomised_layers():
+    torch.manual_seed(0)
+    preprocessing = Preprocessing(resize=32, crop=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    zoo = wrap_model("scaled", ScaledStack(), preprocessing, ("a", "b", "c", "d"), "body.conv")
+    lesson = sanity_lesson(zoo)
+    assert not lesson.holds
+    assert "Not as claimed here: Grad-CAM stays close to the original" in lesson.verdict
+    assert lesson.measurements["Spearman ρ (absolute), Grad-CAM"] == pytest.approx(1.0)
+
+
+def test_sanity_lesson_is_not_measurable_on_random_weights():
+    torch.manual_seed(0)
+    lesson = sanity_lesson(load_model("efficientnet_lite0", weights=None, device="cpu"))
+    assert not lesson.holds
+    assert lesson.verdict.startswith("Not measurable here.") and "random weights" in lesson.verdict
+    assert "as claimed" not in lesson.verdict and not lesson.measurements
