@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import html
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -145,6 +146,8 @@ def audit_image(
 
 def summary_text(values: dict[str, float]) -> str:
     """One method's faithfulness over the folder, as one line."""
+    if math.isnan(values["average_drop"]):
+        return "not scored (guided or blank maps: see explainers.metrics.faithfulness)"
     return (
         f"Average Drop {values['average_drop']:.1f}%, Increase in Confidence "
         f"{values['increase_in_confidence']:.1f}%, deletion AUC {values['deletion_auc']:.3f}, "
