@@ -293,7 +293,10 @@ def _scores(model: nn.Module, chunks: Iterator[torch.Tensor], target: int) -> It
     device = model_device(model)
     with torch.inference_mode():
         for chunk in chunks:
-            yield model(chunk.to(device)).float().softmax(-1)[:, target].cpu()
+            chunk = chunk.to(device)
+            if device.type == "cpu":  # oneDNN's channels-last convolutions: faster on a CPU (Score-CAM's too)
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
+            yield model(chunk).float().softmax(-1)[:, target].cpu()
 
 
 def confidence(
