@@ -190,7 +190,11 @@ def write_html(path: Path, rows: list[Row], methods: list[str], summary: dict, c
         ]
         for m in methods:
             s = row.scores[m]
-            lines = [f"drop {s['average_drop']:.1f}%" + (" ↑" if s["increase_in_confidence"] else "")]
+            lines = (
+                [f"drop {s['average_drop']:.1f}%" + (" ↑" if s["increase_in_confidence"] else "")]
+                if s["average_drop"] == s["average_drop"]
+                else ["not scored (guided or blank map)"]
+            )
             if s["deletion_auc"] == s["deletion_auc"]:
                 lines.append(f"del {s['deletion_auc']:.3f} · ins {s['insertion_auc']:.3f}")
             if s["energy_in_box"] == s["energy_in_box"]:
