@@ -47,6 +47,11 @@ CUSTOM = "Custom (upload)"  # the classifier choice that reveals the uploaders
 # weights limit; each uploader states its own, and images are checked again here, since the
 # browser enforces a widget's limit but the server only its cap.
 IMAGE_LIMIT_MB, WEIGHTS_LIMIT_MB = 20, 1024
+
+RANDOM_WEIGHTS_BANNER = (
+    "Random weights: this model has learned nothing; its maps show what an untrained network "
+    "attends to, for the sanity check."
+)
 PANELS_PER_ROW = 4
 OTHER_CLASS = -1  # the "another class" choice of the class radio
 SCORECAM = "scorecam"
@@ -162,11 +167,15 @@ def sidebar_model() -> ModelRequest:
         return ModelRequest(CUSTOM, False, sidebar_custom())
     if name.startswith(FOLDER_PREFIX):
         return ModelRequest(name, False)
+    # One toggle per model (the key carries its name): a model chosen again comes back trained,
+    # not with the switch another model left on.
     random_weights = st.sidebar.toggle(
         "Random weights (sanity check)",
-        key="random_weights",
+        key=f"random_weights:{name}",
         help="Untrained weights: a faithful method's maps should turn to noise (Adebayo et al. 2018).",
     )
+    if random_weights:
+        st.sidebar.caption(f":orange[**On:** {name} with random weights, untrained.]")
     return ModelRequest(name, random_weights)
 
 
@@ -318,8 +327,10 @@ def sidebar_scores() -> bool:
     return st.sidebar.toggle(
         "Faithfulness scores",
         key="faithfulness",
-        help="Under each map: Average Drop and Increase in Confidence (Grad-CAM++ paper) and the "
-        "deletion/insertion AUC (RISE). Costs a few dozen forward passes per map.",
+        help="Under each CAM: Average Drop and Increase in Confidence (Grad-CAM++ paper, here in the "
+        "model's normalised input space as in the grad-cam package) and the deletion/insertion AUC "
+        "(RISE), each with the direction that means the map works; under Counterfactual they read the "
+        "other way. Costs about 30 forward passes per map, batched.",
     )
 
 
@@ -383,11 +394,18 @@ def scores_of(
     methods = tuple(result.methods("cam"))
     if not methods:
         return {}
+    bar = st.empty()  # filled only while scores are computed (a cached result comes at once)
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Scoring faithfulness: {done} of {total} forward passes")
+
     try:
-        return get_faithfulness(key, request.model, request.random_weights, methods, image, result)
+        return get_faithfulness(key, request.model, request.random_weights, methods, image, result, progress)
     except ExplainerInputError as error:
         st.error(str(error))
         return {}
+    finally:
+        bar.empty()
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -451,6 +469,12 @@ def render_curves(scores: dict[str, FaithfulnessScore], class_name: str) -> None
             "Pixels ranked by each map are deleted (left) or inserted into a blurred image (right), "
             "most salient first; the curve is the class probability. A faithful map drops fast "
             f"when deleting and rises fast when inserting ({service.FAITHFULNESS_STEPS} steps)."
+            + (
+                " These are counterfactual maps (what lowers the class): one that works does the "
+                "reverse, rising when deleting and staying low when inserting."
+                if any(score.counterfactual for score in scores.values())
+                else ""
+            )
         )
         st.plotly_chart(curves_figure(curves, class_name), width="stretch", key="curves_chart")
 
@@ -690,6 +714,8 @@ def explore() -> None:
     image = open_image(choice)
     opened = open_model(model_request)
     model, zoo_model = opened if opened else (None, None)
+    if zoo_model is not None and not zoo_model.trained:
+        st.warning(RANDOM_WEIGHTS_BANNER)
     layer = sidebar_layer(zoo_model) if zoo_model else None
     predictions = get_predictions(choice.digest, *model, image) if zoo_model and image else None
     context = f"{choice.digest[:16]}:{model[0]}:{model[1]}" if model else ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 import streamlit as st
@@ -194,7 +194,7 @@ def get_sweep(
     return service.layer_sweep(zoo_model, _image, method, target, counterfactual, fuse)
 
 
-@st.cache_data(max_entries=64, show_spinner="Scoring faithfulness (batched forward passes)…")
+@st.cache_data(max_entries=64, show_spinner=False)  # the page shows a progress bar instead
 def get_faithfulness(
     key: tuple,
     model: str,
@@ -202,9 +202,12 @@ def get_faithfulness(
     methods: tuple[str, ...],
     _image: Image.Image,
     _result: ExplanationResult,
+    _progress: Callable[[int, int], object] | None = None,
 ) -> dict[str, FaithfulnessScore]:
     # `key` names the explanation `_result` came from (its cache key).
-    return service.score_faithfulness(get_model(model, random_weights), _image, _result, methods)
+    return service.score_faithfulness(
+        get_model(model, random_weights), _image, _result, methods, progress=_progress
+    )
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -27,7 +27,15 @@ from explainers.metrics import Box, box_shares
 from explainers.render import draw_box
 from explainers.render import picture as render_picture
 from explainers.samples import list_samples
-from explainers.sanity import SanityResult, sanity_check
+from explainers.sanity import (
+    CHANGED_BELOW,
+    DEFAULT_SEEDS,
+    MEASURES,
+    SanityResult,
+    SanityVerdict,
+    judge,
+    sanity_check,
+)
 from explainers.service import model_view, predict
 from models_zoo import ZooModel, cue_box, demo_image, list_zoo
 from models_zoo.custom import architectures
@@ -158,7 +166,13 @@ def get_panel(
 def get_sanity(key: str, digest: str, steps: int, _model: ZooModel, _image: Image.Image) -> SanityResult:
     x = _model.preprocess(_image)  # sanity_check takes the model's input; the zoo model knows its transform
     return sanity_check(
-        _model.model, x, _model.default_layer, SANITY_METHODS, max_steps=steps, keep_maps=True
+        _model.model,
+        x,
+        _model.default_layer,
+        SANITY_METHODS,
+        max_steps=steps,
+        keep_maps=True,
+        seeds=DEFAULT_SEEDS,
     )
 
 
@@ -540,11 +554,12 @@ def section_sanity() -> None:
     model_choice, choice = sidebar_one_model("sanity", "Model and image")
     steps = st.sidebar.slider(
         "Layers to re-initialise",
-        1,
+        2,
         8,
         4,
         key="sanity_steps",
-        help="From the output back, one more layer (or block) at each step; each step costs one explanation.",
+        help=f"From the output back, one more layer (or block) at each step, repeated for {len(DEFAULT_SEEDS)} "
+        "random seeds; each step costs one explanation per seed.",
     )
     zoo, image = open_model(model_choice), open_image(choice)
     if zoo is None or image is None:
@@ -552,37 +567,88 @@ def section_sanity() -> None:
     st.markdown(
         "Adebayo et al. (2018) destroy the model from the top down, layer by layer, and ask whether the "
         "map changes. A map that explains the **model** must change; one that barely does mostly shows the "
-        "**image**. The chart gives each map's Spearman rank correlation with the original (1: unchanged)."
+        "**image**. As in the paper, each map after a step is compared with the original in four ways: "
+        "Spearman rank correlation of the absolute and of the signed maps, structural similarity (SSIM) "
+        "and the correlation of their edge histograms (HOG). 1 means unchanged, 0 unrelated."
     )
-    with st.spinner(f"Re-initialising {steps} layers of {zoo.name}, one explanation per step…"):
+    with st.spinner(
+        f"Re-initialising {steps} layers of {zoo.name} for {len(DEFAULT_SEEDS)} seeds, one explanation per step…"
+    ):
         try:
             result = get_sanity(model_choice.key, choice.digest, steps, zoo, image)
         except ExplainerInputError as error:
             st.error(str(error))
             return
-    render_sanity_verdict(result)
-    st.plotly_chart(sanity_figure(result), width="stretch", key="sanity_chart")
-    render_sanity_maps(result, model_view(zoo, image), zoo.labels[result.target])
-
-
-def render_sanity_verdict(result: SanityResult) -> None:
-    grad, guided = result.correlations["gradcam"], result.correlations["guided_backprop"]
-    measured = (
-        f"After re-initialising {plural(len(result.steps), 'layer')} from the top, Grad-CAM's map has rank "
-        f"correlation **ρ = {grad[-1]:.2f}** with the original (lowest {min(grad):.2f}), guided backprop's "
-        f"**ρ = {guided[-1]:.2f}** (lowest {min(guided):.2f})."
+    verdicts = {method: judge(result, method, zoo.trained) for method in SANITY_METHODS}
+    render_sanity_verdict(result, verdicts)
+    render_sanity_table(result, verdicts)
+    measure = st.radio(
+        "Similarity shown in the chart",
+        list(MEASURES),
+        format_func=MEASURES.get,
+        horizontal=True,
+        key="sanity_measure",
     )
-    if max(grad[-1], min(grad)) < min(guided) - 0.3:
-        st.success(f"{measured} Grad-CAM changes with the model; guided backprop barely does.")
+    st.plotly_chart(sanity_figure(result, measure), width="stretch", key="sanity_chart")
+    render_sanity_maps(result, model_view(zoo, image), zoo.labels[result.target], measure)
+
+
+SANITY_STATUS = {
+    "changes": "changes with the model",
+    "stays": "stays like the original",
+    "mixed": "changes by some measures, not by others",
+}
+
+
+def render_sanity_verdict(result: SanityResult, verdicts: dict[str, SanityVerdict]) -> None:
+    """One verdict over the whole cascade and the seeds, or why there is none."""
+    unmeasurable = [
+        f"{method_title(m)}: {v.reason}" for m, v in verdicts.items() if v.status == "cannot judge"
+    ]
+    if unmeasurable:
+        st.info("Not measurable here. " + " ".join(unmeasurable))
+        return
+    grad, guided = verdicts["gradcam"], verdicts["guided_backprop"]
+    measured = (
+        f"Over {plural(len(result.steps), 'layer')} re-initialised from the top and {len(result.seeds)} seeds, "
+        f"Grad-CAM's map **{SANITY_STATUS[grad.status]}** (mean {grad.evidence}); "
+        f"guided backprop's **{SANITY_STATUS[guided.status]}** (mean {guided.evidence})."
+    )
+    if grad.status == "changes" and guided.status == "stays":
+        st.success(
+            f"{measured} As Adebayo et al. found: Grad-CAM depends on the model, guided backprop barely does."
+        )
     else:
-        st.warning(f"{measured} Here the two maps do not separate as the paper found; try more layers.")
+        st.warning(f"{measured} The two maps do not separate here as the paper found.")
+
+
+def render_sanity_table(result: SanityResult, verdicts: dict[str, SanityVerdict]) -> None:
+    """The four measures per method: the mean over the cascade and the seeds, and after the last step."""
+    rows = []
+    for method in SANITY_METHODS:
+        for measure, title in MEASURES.items():
+            rows.append(
+                {
+                    "method": method_title(method),
+                    "measure": title,
+                    "mean over the steps": round(result.overall(method, measure), 2),
+                    "after the last step": round(result.curve(method, measure)[-1], 2),
+                    "verdict": SANITY_STATUS.get(verdicts[method].status, verdicts[method].status),
+                }
+            )
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption(
+        f"Means over {len(result.seeds)} seeds. A map counts as changed when Spearman (absolute), SSIM and "
+        f"HOG all average below {CHANGED_BELOW}; for Grad-CAM, whose map is never negative, the two "
+        "Spearman values coincide."
+    )
 
 
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def render_sanity_maps(result: SanityResult, crop: np.ndarray, class_name: str) -> None:
+def render_sanity_maps(result: SanityResult, crop: np.ndarray, class_name: str, measure: str) -> None:
     names = ["original", *(f"after {name}" for name in result.step_names)]
     shown = st.multiselect(
         "Maps after the steps",
@@ -591,14 +657,17 @@ def render_sanity_maps(result: SanityResult, crop: np.ndarray, class_name: str) 
         format_func=names.__getitem__,
         key=f"sanity_shown:{len(names)}",
     )
-    st.caption(f"Maps for “{class_name}” (the original model's top class), kept for every step.")
+    st.caption(
+        f"Maps for “{class_name}” (the original model's top class), kept for every step of the first seed; "
+        f"{MEASURES[measure]} under each is the mean over the seeds."
+    )
     for method in SANITY_METHODS:
         st.markdown(f"**{method_title(method)}**")
         columns = st.columns(max(4, len(shown)))
         for column, index in zip(columns, sorted(shown), strict=False):
             image = render_picture(METHODS[method].kind, result.maps[method][index], crop)
-            rho = "" if index == 0 else f" · ρ = {result.correlations[method][index - 1]:.2f}"
-            column.image(image, caption=f"{names[index]}{rho}", width="stretch")
+            value = "" if index == 0 else f" · {result.curve(method, measure)[index - 1]:.2f}"
+            column.image(image, caption=f"{names[index]}{value}", width="stretch")
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import html
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -146,6 +147,8 @@ def audit_image(
 
 def summary_text(values: dict[str, float]) -> str:
     """One method's faithfulness over the folder, as one line."""
+    if math.isnan(values["average_drop"]):
+        return "not scored (guided or blank maps: see explainers.metrics.faithfulness)"
     return (
         f"Average Drop {values['average_drop']:.1f}%, Increase in Confidence "
         f"{values['increase_in_confidence']:.1f}%, deletion AUC {values['deletion_auc']:.3f}, "
@@ -188,7 +191,11 @@ def write_html(path: Path, rows: list[Row], methods: list[str], summary: dict, c
         ]
         for m in methods:
             s = row.scores[m]
-            lines = [f"drop {s['average_drop']:.1f}%" + (" ↑" if s["increase_in_confidence"] else "")]
+            lines = (
+                [f"drop {s['average_drop']:.1f}%" + (" ↑" if s["increase_in_confidence"] else "")]
+                if s["average_drop"] == s["average_drop"]
+                else ["not scored (guided or blank map)"]
+            )
             if s["deletion_auc"] == s["deletion_auc"]:
                 lines.append(f"del {s['deletion_auc']:.3f} · ins {s['insertion_auc']:.3f}")
             if s["energy_in_box"] == s["energy_in_box"]:

@@ -36,7 +36,7 @@ class WeightedActivationCAM(Method):
             weights = weights[:, :, None, None]
         weighted = weights * activations  # (k, C, h, w)
         if evidence.options.get("eigen_smooth"):
-            weighted_sum = eigen_projection(weighted)  # (k, h, w)
+            weighted_sum = eigen_projection(weighted, evidence.counterfactual)  # (k, h, w)
         else:
             weighted_sum = weighted.sum(1)  # (k, h, w)
         return cam_from_sum(weighted_sum, evidence.input_size)

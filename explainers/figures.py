@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from explainers.core import method_title
 from explainers.formats import percent
 from explainers.metrics import Curves
-from explainers.sanity import SanityResult
+from explainers.sanity import CHANGED_BELOW, MEASURES, SanityResult
 from explainers.service import Prediction
 
 # Plotly's names for the colour scales of explainers.render.COLORMAPS.
@@ -72,29 +72,41 @@ def curves_figure(curves: Mapping[str, Curves], class_name: str = "") -> go.Figu
     return figure
 
 
-def sanity_figure(result: SanityResult) -> go.Figure:
-    """Spearman correlation with the original map after each randomisation step, per method.
+def sanity_figure(result: SanityResult, measure: str = "spearman_abs") -> go.Figure:
+    """One similarity measure with the original map after each randomisation step, per method.
 
-    The x axis reads from "original" through the steps (top layer first); the lesson is that a
-    faithful map (Grad-CAM) falls at once while guided backprop stays near 1.
+    The x axis reads from "original" through the steps (top layer first); the values are the
+    mean over the result's seeds. The lesson is that a map that depends on the model
+    (Grad-CAM) falls at once while guided backprop stays near 1.
+
+    Args:
+        result: a `sanity_check` result.
+        measure: a key of `explainers.sanity.MEASURES`.
     """
     figure = go.Figure()
     steps = ["original", *result.step_names]
-    for i, (method, values) in enumerate(result.correlations.items()):
+    title = MEASURES[measure]
+    for i, method in enumerate(result.methods):
         figure.add_trace(
             go.Scatter(
                 x=steps,
-                y=[1.0, *values],
+                y=[1.0, *result.curve(method, measure)],
                 mode="lines+markers",
                 name=method_title(method),
                 line={"color": _PALETTE[i % len(_PALETTE)]},
-                hovertemplate="after %{x}: ρ = %{y:.2f}<extra></extra>",
+                hovertemplate=f"after %{{x}}: {title} = %{{y:.2f}}<extra></extra>",
             )
         )
     figure.add_hline(y=0, line={"color": "grey", "width": 1, "dash": "dot"})
+    figure.add_hline(
+        y=CHANGED_BELOW,
+        line={"color": "grey", "width": 1, "dash": "dash"},
+        annotation_text="changed below this (mean over the steps)",
+        annotation_position="bottom right",
+    )
     figure.update_layout(
         xaxis_title="layers re-initialised, from the output back (cumulative)",
-        yaxis_title="Spearman ρ with the original map",
+        yaxis_title=f"{title} with the original map",
         yaxis_range=[-1.05, 1.05],
         height=380,
         margin={"t": 20, "b": 40, "l": 50, "r": 10},

@@ -130,11 +130,15 @@ def _rectified_forward(evidence: Evidence) -> tuple[torch.Tensor, torch.Tensor, 
             "No ReLU ran in the model's forward pass, so guided backprop and deconvnet would show "
             "the plain gradient. Use a CAM method, or a ReLU model (ResNet, VGG, EfficientNet-Lite)."
         )
-    return logits[0, evidence.targets], x, rule
+    scores = logits[0, evidence.targets]
+    # Counterfactual: the rectified gradient of -y^c, what lowers the class (as the CAMs' negated
+    # gradients); the ReLU rules then keep the positive part of that signal, not of y^c's.
+    return (-scores if evidence.counterfactual else scores), x, rule
 
 
 def rectified_input_gradients(evidence: Evidence, mask_by_input: bool) -> torch.Tensor:
-    """d y^c / d x under the guided (mask_by_input) or deconvnet ReLU rule, (k, H, W, 3).
+    """d y^c / d x under the guided (mask_by_input) or deconvnet ReLU rule, (k, H, W, 3);
+    d(-y^c) / d x when the evidence is counterfactual.
 
     One forward pass per request serves both rules; one backward per rule, batched over the
     k target classes.
@@ -153,8 +157,8 @@ class RectifiedGradient(Method):
     """Base of the guided family: the rectified input gradient, optionally times a CAM.
 
     Maps are raw input-space gradients, (k, H, W, 3) float32, the same as raw; show them with
-    `guided_to_image`. They explain the class score itself also when counterfactual is set;
-    the guided CAMs take the (counterfactual) CAM map.
+    `guided_to_image`. With counterfactual set they are the rectified gradients of -y^c (what
+    lowers the class), and the guided CAMs multiply them by the counterfactual CAM map.
     """
 
     kind = "guided"

@@ -29,15 +29,15 @@ from explainers.smooth import AUGMENTATIONS, augment
 Progress = Callable[[int, int], "bool | None"]
 
 SCORINGS: dict[str, str] = {
-    # What the authors' released code does (haofanwang/Score-CAM): the weight is the softmax
-    # probability itself. Our default: it keeps the map class-discriminative.
+    # The official code (haofanwang/Score-CAM): the weight is the softmax probability itself, no
+    # softmax over channels. Our default: it keeps the map class-discriminative.
     "official": "w_k = p_c(X * H^k)",
     # The paper: a softmax over channels of the probabilities (each minus the baseline
     # image's, a constant that the softmax cancels). Probabilities lie in [0, 1], so the
     # weights differ by at most a factor e and the map leans towards the plain channel sum.
     "paper": "w = softmax_k(p_c(X * H^k))",
-    # The `grad-cam` package's ScoreCAM with its default target: softmax over channels of the
-    # logits y_c(X * H^k).
+    # The `grad-cam` package's ScoreCAM with its default target (ClassifierOutputTarget):
+    # softmax over channels of the logits y_c(X * H^k).
     "logits": "w = softmax_k(y_c(X * H^k))",
 }
 
@@ -220,10 +220,15 @@ class ScoreCAM(WeightedActivationCAM):
     We follow the official code by default: w_k is the raw softmax probability of the class
     on the masked input (``scoring="official"``), and channels with a constant activation
     (an all-zero mask) are skipped. ``scoring="paper"`` applies the paper's softmax over
-    channels to the probabilities; ``scoring="logits"`` applies it to the logits. Set the same
-    way (``align_corners=True`` for its masks; ``ClassifierOutputTarget``,
-    ``ClassifierOutputSoftmaxTarget`` or a log-softmax target respectively) the `grad-cam`
-    package's ``ScoreCAM`` gives the same maps. Options come from ``explain(..., options=...)``,
+    channels to the probabilities; ``scoring="logits"`` applies it to the logits.
+
+    The `grad-cam` package's ``ScoreCAM`` (1.5.7) always takes a softmax over channels of its
+    target's value on each masked input, so with ``align_corners=True`` for the masks it gives
+    our maps as follows: ``scoring="logits"`` with ``ClassifierOutputTarget`` (its default, the
+    logit); ``scoring="paper"`` with ``ClassifierOutputSoftmaxTarget`` (the probability); and
+    ``scoring="official"`` with a log-softmax target, since softmax_k(log p_k) = p_k / sum p is
+    the official raw probability up to a positive factor that the map's normalisation removes
+    (tests/test_score.py::test_scorecam_matches_package). Options come from ``explain(..., options=...)``,
     see `ScoreOptions`; ``max_channels`` makes the map an approximation, said so in
     ``extras["scorecam"][layer].approximation``.
     Score-CAM uses no gradients, so there is no counterfactual variant.

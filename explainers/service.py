@@ -9,6 +9,7 @@ display change never recomputes. Nothing here imports Streamlit.
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -444,7 +445,8 @@ def layer_sweep(
 
 # ----------------------------------------------------------------------------- faithfulness
 
-# Steps of the deletion/insertion curves in the app: 2 x 17 forward passes per map on a CPU.
+# Steps of the deletion/insertion curves in the app: 2 x 15 forward passes per map on a CPU, plus
+# 3 shared by all maps and one masked image per map.
 FAITHFULNESS_STEPS = 16
 
 
@@ -452,12 +454,22 @@ FAITHFULNESS_STEPS = 16
 class FaithfulnessScore:
     """The faithfulness scores of one map, plain numbers and numpy curves (cacheable).
 
+    For a counterfactual map (what lowers the class) each score reads the other way: a map that
+    works keeps what lowers the class, so masking the image with it drops the confidence (high
+    Average Drop) and deleting its pixels first raises the class (high deletion AUC, low
+    insertion AUC). `expected` and `summary` say so.
+
     Attributes:
-        drop: Average Drop % on this image: max(0, Y - O) / Y · 100.
+        drop: Average Drop % on this image: max(0, Y - O) / Y · 100, in the model's normalised
+            input space (as the `grad-cam` package; the paper used pixel space); NaN when the
+            class has probability 0 (nothing to drop from).
         increase: Increase in Confidence: whether O > Y.
-        deletion_auc: lower is better.
-        insertion_auc: higher is better.
-        curves: `explainers.metrics.Curves` with numpy arrays, for `curves_figure`.
+        deletion_auc: NaN when the curves were left out (see ``note``).
+        insertion_auc: NaN when the curves were left out.
+        curves: `explainers.metrics.Curves` with numpy arrays, for `curves_figure`; empty when
+            left out.
+        counterfactual: whether the map is a counterfactual one.
+        note: why a score was left out, or None.
     """
 
     drop: float
@@ -465,13 +477,41 @@ class FaithfulnessScore:
     deletion_auc: float
     insertion_auc: float
     curves: dict[str, object]
+    counterfactual: bool = False
+    note: str | None = None
+
+    @property
+    def expected(self) -> dict[str, str]:
+        """Which way each score reads for a map that works: "higher" or "lower" (or, for
+        Increase in Confidence, "yes" or "no")."""
+        if self.counterfactual:
+            return {"drop": "higher", "increase": "no", "deletion_auc": "higher", "insertion_auc": "lower"}
+        return {"drop": "lower", "increase": "yes", "deletion_auc": "lower", "insertion_auc": "higher"}
 
     def summary(self) -> str:
-        """One caption line, e.g. "Avg drop 12.3% · conf. ↑ no · del 0.120 · ins 0.640"."""
-        return (
-            f"Avg drop {self.drop:.1f}% · conf. increase {'yes' if self.increase else 'no'} · "
-            f"deletion AUC {self.deletion_auc:.3f} · insertion AUC {self.insertion_auc:.3f}"
+        """One caption line, e.g. "Avg drop 12.3% (lower is better) · conf. increase no · ..."."""
+        better = self.expected
+        if math.isnan(self.drop) and self.note:
+            return f"Not scored: {self.note}"
+        drop = (
+            "Avg drop not measurable (the class has probability 0)"
+            if math.isnan(self.drop)
+            else f"Avg drop {self.drop:.1f}% ({better['drop']} is better)"
         )
+        parts = [drop, f"conf. increase {'yes' if self.increase else 'no'} ({better['increase']} is better)"]
+        if math.isnan(self.deletion_auc):
+            parts.append(
+                f"deletion/insertion left out: {self.note}" if self.note else "no deletion/insertion"
+            )
+        else:
+            parts += [
+                f"deletion AUC {self.deletion_auc:.3f} ({better['deletion_auc']} is better)",
+                f"insertion AUC {self.insertion_auc:.3f} ({better['insertion_auc']} is better)",
+            ]
+        text = " · ".join(parts)
+        if self.counterfactual:
+            return f"Counterfactual map, so the scores read the other way: {text}"
+        return text
 
 
 def score_faithfulness(
@@ -480,20 +520,29 @@ def score_faithfulness(
     result: ExplanationResult,
     methods: Sequence[str] | None = None,
     steps: int | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, FaithfulnessScore]:
-    """Average Drop, Increase in Confidence and deletion/insertion AUC of a result's CAM maps.
+    """Average Drop, Increase in Confidence and deletion/insertion AUC of a result's maps.
+
+    All maps are scored in one set of batched forward passes (`explainers.metrics.faithfulness`).
+    Guided maps get Average Drop and Increase in Confidence on their 99th-percentile scale and no
+    curves, with a note. A counterfactual result's scores say that they read the other way.
 
     Args:
         methods: which maps; default every CAM of the result.
-        steps: intervals of the deletion/insertion curves (2·(steps + 1) forward passes per map);
-            default `FAITHFULNESS_STEPS`.
+        steps: intervals of the deletion/insertion curves (2·(steps - 1) forward passes per map,
+            plus a few shared); default `FAITHFULNESS_STEPS`.
+        progress: called as progress(done, total) with the forward passes done; returning False
+            stops the work (`Cancelled`).
     """
     names = list(methods) if methods is not None else result.methods("cam")
     if not names:
         return {}
     x = zoo_model.preprocess(image)
     maps = {name: torch.from_numpy(result.maps[name]) for name in names}
-    scores = faithfulness(zoo_model.model, x, maps, result.target, steps=steps or FAITHFULNESS_STEPS)
+    scores = faithfulness(
+        zoo_model.model, x, maps, result.target, steps=steps or FAITHFULNESS_STEPS, progress=progress
+    )
     return {
         name: FaithfulnessScore(
             drop=score.drop,
@@ -504,6 +553,8 @@ def score_faithfulness(
                 key: value.numpy() if isinstance(value, torch.Tensor) else value
                 for key, value in (score.curves or {}).items()
             },
+            counterfactual=result.counterfactual,
+            note=score.note,
         )
         for name, score in scores.items()
     }

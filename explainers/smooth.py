@@ -25,7 +25,7 @@ FACTORS = (0.9, 1.0, 1.1)
 AUGMENTATIONS: tuple[tuple[bool, float], ...] = tuple(itertools.product(FLIPS, FACTORS))
 
 
-def eigen_projection(weighted: torch.Tensor) -> torch.Tensor:
+def eigen_projection(weighted: torch.Tensor, counterfactual: bool = False) -> torch.Tensor:
     """Project weighted activations (k, C, h, w) onto their first principal component: (k, h, w).
 
     As the package's ``get_2d_projection``: the (h*w, C) matrix of each target is centred per
@@ -33,7 +33,15 @@ def eigen_projection(weighted: torch.Tensor) -> torch.Tensor:
     vector only up to sign; the package leaves the sign to LAPACK, we flip it so that the
     largest magnitude is positive (the package's ``get_2d_projection_with_sign_correction``,
     Seg-Eigen-CAM eq. 13), so the map shows the dominant direction rather than its opposite.
+
+    That correction would undo a counterfactual: the counterfactual Grad-CAM's weighted
+    activations are the plain ones negated, their principal component is the same up to sign,
+    and the correction would turn it back. With ``counterfactual`` the sign is chosen on the
+    negated activations (which point the plain way) and then flipped, so the map is the
+    opposite side of the dominant direction, as ReLU(-sum) is for the plain channel sum.
     """
+    if counterfactual:
+        return -eigen_projection(-weighted)
     k, channels, h, w = weighted.shape
     rows = torch.nan_to_num(weighted.float(), nan=0.0).reshape(k, channels, h * w).transpose(1, 2)
     rows = rows - rows.mean(1, keepdim=True)  # (k, h*w, C), each channel centred

@@ -21,6 +21,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import explainers.service
+from app import RANDOM_WEIGHTS_BANNER
 from explainers.service import default_methods, method_title
 
 OTHER_CLASS = -1
@@ -165,12 +166,21 @@ def test_layer_class_and_methods_can_be_changed():
 
 def test_model_can_be_changed_with_random_weights():
     at = open_app()
-    at.toggle(key="random_weights").set_value(True)
+    assert not any(RANDOM_WEIGHTS_BANNER in w.value for w in at.warning)  # trained: no banner
     at.selectbox(key="model").set_value("resnet18").run()
+    toggle = at.toggle(key="random_weights:resnet18")
+    assert not toggle.value  # each model has its own switch, off until turned on
+    toggle.set_value(True).run()
     assert not at.exception and not errors(at)
     assert "Chelsea the cat as resnet18 sees it (224×224)" in captions(at)
     assert layer_select(at).value == "final"
     assert shows_overlays(at)
+    assert [w.value for w in at.warning if w.value == RANDOM_WEIGHTS_BANNER], "the main area says so"
+    assert any("random weights, untrained" in c.value for c in at.sidebar.caption)
+    # Back to the default model: trained again, the switch off, no banner.
+    at.selectbox(key="model").set_value("efficientnet_lite0").run()
+    assert not at.exception and not at.toggle(key="random_weights:efficientnet_lite0").value
+    assert not any(RANDOM_WEIGHTS_BANNER in w.value for w in at.warning)
 
 
 def test_unavailable_weights_get_a_message_and_the_page_recovers(monkeypatch):
@@ -337,6 +347,17 @@ def test_layer_sweep_runs_shallow_to_deep():
 
 def test_faithfulness_scores_under_each_map(monkeypatch):
     monkeypatch.setattr(explainers.service, "FAITHFULNESS_STEPS", 2)  # 3 points per curve: fast
+    reported = []
+    score = explainers.service.score_faithfulness
+
+    def watched(*args, progress=None, **kwargs):
+        def report(done: int, total: int) -> None:
+            reported.append((done, total))
+            progress(done, total)  # the page's progress bar
+
+        return score(*args, progress=report, **kwargs)
+
+    monkeypatch.setattr(explainers.service, "score_faithfulness", watched)
     at = open_app()
     assert not any("Avg drop" in c.value for c in at.caption), "off by default"
     at.toggle(key="faithfulness").set_value(True).run()
@@ -345,7 +366,10 @@ def test_faithfulness_scores_under_each_map(monkeypatch):
     cams = [m for m in at.multiselect(key="methods").value if explainers.METHODS[m].kind == "cam"]
     assert len(scores) == len(cams)
     assert all("deletion AUC" in s and "insertion AUC" in s and "conf. increase" in s for s in scores)
+    assert all("(lower is better)" in s and "(higher is better)" in s for s in scores)
     assert any(e.label == "Deletion and insertion curves" for e in at.expander)
+    assert reported[0][0] == 0 and reported[-1][0] == reported[-1][1] > 0  # the bar went to the end
+    assert not at.get("progress")  # and is gone once the scores are shown
 
 
 def resnet18_files(classes: int = 3) -> tuple[bytes, bytes]:

@@ -7,7 +7,7 @@ import torch
 
 from explainers.figures import curves_figure, region_figure, sanity_figure, selection_box, shares_figure
 from explainers.metrics import Curves
-from explainers.sanity import SanityResult
+from explainers.sanity import MEASURES, SanityResult
 
 
 def test_curves_figure_has_both_curves_per_method():
@@ -24,10 +24,14 @@ def test_curves_figure_has_both_curves_per_method():
 def test_sanity_figure_starts_at_one():
     result = SanityResult(
         steps=(("fc",), ("layer4.1",)),
-        correlations={"gradcam": [0.2, 0.1], "not_registered": [0.99, 0.97]},
+        similarities={
+            "gradcam": dict.fromkeys(MEASURES, [[0.2, 0.1]]),
+            "not_registered": dict.fromkeys(MEASURES, [[0.99, 0.97]]),
+        },
         target=3,
     )
     figure = sanity_figure(result)
+    assert figure.layout.yaxis.title.text == "Spearman ρ (absolute) with the original map"
     assert [trace.name for trace in figure.data] == ["Grad-CAM", "not_registered"]
     assert list(figure.data[0].x) == ["original", "fc", "layer4.1"] and list(figure.data[0].y) == [
         1.0,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from explainers import explain
-from explainers.errors import ExplainerInputError
+from explainers.errors import Cancelled, ExplainerInputError
 from explainers.metrics import (
     auc,
     average_drop,
@@ -20,6 +22,7 @@ from explainers.metrics import (
     increase_in_confidence,
     rank,
     saliency,
+    scaled_saliency,
     spearman,
     summarise,
 )
@@ -177,3 +180,64 @@ def test_gradcam_beats_random_maps_on_every_sample(lite0):
     assert real["deletion_auc"] < random["deletion_auc"] - 0.03
     assert real["insertion_auc"] > random["insertion_auc"] + 0.03
     assert real["average_drop"] < random["average_drop"] + 20
+
+
+# --- all maps in one set of batched passes; guided and blank maps -----------------------------
+
+
+def test_batched_faithfulness_equals_each_maps_own_curves(gap_linear):
+    """One set of passes for every map: the same curves as `deletion_insertion` map by map, and
+    the same Y and O as `confidence`, with the shared curve ends scored once."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 16, 16, generator=generator)
+    maps = {f"m{i}": torch.rand(16, 16, generator=generator) for i in range(3)}
+    calls = []
+    handle = gap_linear.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    progress = []
+    scores = faithfulness(
+        gap_linear, x, maps, 1, steps=6, blur=1.0, batch_size=10, progress=lambda *a: progress.append(a)
+    )
+    handle.remove()
+    total = 3 + 3 + 2 * 3 * 5  # x, baseline, blurred; one masked image per map; inner curve steps
+    assert sum(calls) == total and max(calls) == 10
+    assert progress[0] == (0, total) and progress[-1] == (total, total)
+    original, masked = confidence(gap_linear, x, torch.stack(list(maps.values())), 1)
+    for i, (name, heatmap) in enumerate(maps.items()):
+        alone = deletion_insertion(gap_linear, x, heatmap, 1, steps=6, blur=1.0)
+        for key in ("deletion", "insertion"):
+            torch.testing.assert_close(scores[name].curves[key], alone[key], rtol=1e-5, atol=1e-7)
+        assert scores[name].deletion_auc == pytest.approx(alone["deletion_auc"], abs=1e-6)
+        assert scores[name].original == pytest.approx(original, abs=1e-6)
+        assert scores[name].masked == pytest.approx(float(masked[i]), abs=1e-6)
+    with pytest.raises(Cancelled):
+        faithfulness(gap_linear, x, maps, 1, steps=6, progress=lambda done, total: done == 0)
+
+
+def test_guided_maps_are_left_out_with_a_note(lite0, chelsea):
+    """The issue: divided by its maximum a guided map averages 0.01-0.06, so image ⊙ map is nearly
+    black and Average Drop reads 95-98 % whatever the map shows. Scaled by its 99th percentile the
+    mask is no longer nearly black, yet its scattered pixels still destroy the class: the score
+    would measure the scattering, so it is left out, with the reason."""
+    x = lite0.preprocess(chelsea)
+    result = explain(lite0.model, x, lite0.default_layer, ["gradcam", "guided_backprop"])
+    guided = result.maps["guided_backprop"]
+    assert saliency(guided).mean() < 0.07  # the old scale: a nearly black mask
+    fair = scaled_saliency(guided)
+    assert fair.mean() > max(0.1, 2 * saliency(guided).mean())  # the 99th-percentile scale
+    y, o = confidence(lite0.model, x, fair, result.target)
+    assert average_drop(y, o) > 90  # still an artefact of the scattering
+    scores = faithfulness(lite0.model, x, result.maps, result.target, steps=4)
+    left_out = scores["guided_backprop"]
+    assert math.isnan(left_out.drop) and math.isnan(left_out.deletion_auc) and left_out.curves is None
+    assert "scattered pixels" in left_out.note
+    assert scores["gradcam"].curves is not None and scores["gradcam"].note is None
+    assert not math.isnan(scores["gradcam"].drop)
+
+
+def test_blank_map_cannot_be_scored(gap_linear):
+    x = torch.randn(1, 3, 8, 8)
+    scores = faithfulness(gap_linear, x, {"blank": torch.zeros(8, 8), "map": torch.rand(8, 8)}, 0, steps=2)
+    assert math.isnan(scores["blank"].drop) and scores["blank"].curves is None
+    assert "blank" in scores["blank"].note
+    assert not math.isnan(scores["map"].drop)
+    assert math.isnan(average_drop(0.0, 0.0))  # no probability to drop from

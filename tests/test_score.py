@@ -390,6 +390,21 @@ def test_eigen_smooth_matches_package(method, monkeypatch, x32):
     assert pearson(ours, plain) < 0.99  # the option does something
 
 
+def test_eigen_smooth_keeps_the_counterfactual_sign(x32):
+    """Before: the sign correction turned the counterfactual projection back (max diff 0.0).
+    Grad-CAM's counterfactual weighted activations are the plain ones negated, so the map must be
+    ReLU(-P) of the plain, sign-corrected projection P, computed here from the plain evidence."""
+    model = resnet18(scale=10.0)
+    plain = explain(model, x32, "layer2", ["gradcam"], 3, eigen_smooth=True).maps["gradcam"]
+    counterfactual = explain(model, x32, "layer2", ["gradcam"], 3, counterfactual=True, eigen_smooth=True)
+    evidence = Evidence(model, x32, ["layer2"], [3])
+    weighted = evidence.gradients("layer2").mean((2, 3))[:, :, None, None] * evidence.activations("layer2")
+    expected = cam_from_sum(-eigen_projection(weighted), (32, 32))[1][0]
+    torch.testing.assert_close(counterfactual.maps["gradcam"], expected, rtol=1e-4, atol=1e-5)
+    assert (counterfactual.maps["gradcam"] - plain).abs().max() > 0.5  # not the plain map
+    assert pearson(counterfactual.maps["gradcam"], plain) < 0
+
+
 def test_aug_smooth_matches_package(x32):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

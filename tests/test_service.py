@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from explainers import METHODS, ExplainerInputError, MethodError
@@ -202,3 +204,86 @@ def test_top_classes_sweep_and_faithfulness(lite0, chelsea, result):
     scores = score_faithfulness(lite0, chelsea, result, ["gradcam"], steps=2)
     assert set(scores) == {"gradcam"} and 0 <= scores["gradcam"].drop <= 100
     assert "deletion AUC" in scores["gradcam"].summary() and len(scores["gradcam"].curves["deletion"]) == 3
+
+
+class LeftHalfMean(torch.nn.Module):
+    """Two classes; p(class 0) is the mean of channel 0 over the left half, clamped to (0, 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x[:, 0, :, : x.shape[-1] // 2].mean((1, 2)).clamp(1e-6, 1 - 1e-6)
+        return torch.stack([m.log(), (1 - m).log()], 1)
+
+
+def test_counterfactual_scores_read_the_other_way():
+    """Left half: bright top rows raise class 0, dark (negative) bottom rows lower it. The plain map
+    marks the top-left quadrant, a counterfactual map that works the bottom-left one. Each scores as
+    its `expected` directions say, so the caption's direction is the one a working map shows."""
+    from explainers.metrics import faithfulness
+    from explainers.service import FaithfulnessScore
+
+    x = torch.zeros(1, 3, 8, 8)
+    x[:, 0, :4, :4], x[:, 0, 4:, :4] = 0.9, -0.5  # p(class 0) = mean = 0.2
+    plain_map, counter_map = torch.zeros(8, 8), torch.zeros(8, 8)
+    plain_map[:4, :4], counter_map[4:, :4] = 1.0, 1.0
+    raw = faithfulness(LeftHalfMean(), x, {"plain": plain_map, "counter": counter_map}, 0, steps=8, blur=2.0)
+
+    def score(name: str, counterfactual: bool) -> FaithfulnessScore:
+        f = raw[name]
+        return FaithfulnessScore(f.drop, f.increase, f.deletion_auc, f.insertion_auc, {}, counterfactual)
+
+    plain, counter = score("plain", False), score("counter", True)
+    assert counter.drop > 99 and plain.drop == 0  # image ⊙ map: the counterfactual keeps what lowers
+    assert counter.deletion_auc > plain.deletion_auc and counter.insertion_auc < plain.insertion_auc
+    assert plain.increase and not counter.increase
+    assert counter.expected == {
+        "drop": "higher",
+        "increase": "no",
+        "deletion_auc": "higher",
+        "insertion_auc": "lower",
+    }
+    assert plain.expected == {
+        "drop": "lower",
+        "increase": "yes",
+        "deletion_auc": "lower",
+        "insertion_auc": "higher",
+    }
+    # The same numbers read the usual way would call the working counterfactual map the worst one.
+    assert score("counter", False).summary().startswith("Avg drop 100.0% (lower is better)")
+
+
+def test_counterfactual_captions_say_so(lite0, chelsea):
+    from explainers.service import run_explanation, score_faithfulness
+
+    plain = run_explanation(lite0, chelsea, lite0.default_layer, ["gradcam"], target=281)
+    counter = run_explanation(
+        lite0, chelsea, lite0.default_layer, ["gradcam"], target=281, counterfactual=True
+    )
+    p = score_faithfulness(lite0, chelsea, plain, steps=4)["gradcam"]
+    c = score_faithfulness(lite0, chelsea, counter, steps=4)["gradcam"]
+    assert c.counterfactual and not p.counterfactual
+    assert c.summary().startswith("Counterfactual map, so the scores read the other way")
+    assert f"Avg drop {c.drop:.1f}% (higher is better)" in c.summary()
+    assert f"insertion AUC {c.insertion_auc:.3f} (lower is better)" in c.summary()
+    assert f"Avg drop {p.drop:.1f}% (lower is better)" in p.summary() and "Counterfactual" not in p.summary()
+
+
+def test_scores_that_cannot_be_measured_say_why():
+    from explainers.service import FaithfulnessScore
+
+    zero = FaithfulnessScore(math.nan, False, 0.1, 0.2, {})
+    assert zero.summary().startswith("Avg drop not measurable (the class has probability 0)")
+    guided = FaithfulnessScore(math.nan, False, math.nan, math.nan, {}, note="scattered pixels")
+    assert guided.summary() == "Not scored: scattered pixels"
+
+
+def test_guided_maps_in_the_service_are_not_scored(lite0, chelsea):
+    from explainers.service import run_explanation, score_faithfulness
+
+    result = run_explanation(lite0, chelsea, lite0.default_layer, ["gradcam", "guided_backprop"])
+    calls = []
+    scores = score_faithfulness(
+        lite0, chelsea, result, ["gradcam", "guided_backprop"], steps=3, progress=lambda *a: calls.append(a)
+    )
+    assert scores["guided_backprop"].summary().startswith("Not scored: a guided map marks single scattered")
+    assert "deletion AUC" in scores["gradcam"].summary()
+    assert calls[-1] == (3 + 1 + 2 * 2, 3 + 1 + 2 * 2)  # shared ends, one masked image, inner steps

@@ -208,9 +208,11 @@ def test_sanity_check_states_the_measured_result(page):
     page.sidebar.radio(key="section").set_value("sanity").run()
     assert not page.exception and not page.error
     verdicts = [box.value for box in (*page.success, *page.warning)]
-    assert len(verdicts) == 1 and "Grad-CAM's map has rank correlation" in verdicts[0]
-    assert "2 layers" in verdicts[0]
+    assert len(verdicts) == 1 and "Grad-CAM's map **changes with the model** (mean Spearman" in verdicts[0]
+    assert "2 layers" in verdicts[0] and "3 seeds" in verdicts[0] and "SSIM" in verdicts[0]
     assert len(page.get("plotly_chart")) == 1
+    table = page.dataframe[0].value
+    assert set(table["measure"]) == {"Spearman ρ (absolute)", "Spearman ρ (signed)", "SSIM", "HOG similarity"}
 
 
 def test_draw_box_outlines_without_touching_the_input():
