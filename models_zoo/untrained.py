@@ -111,3 +111,34 @@ def recalibrate_batchnorm(
             layer.momentum = momentum
         model.eval()
     return len(chosen)
+
+
+def redraw_zero_layers(model: nn.Module, seed: int = 0) -> int:
+    """Give linear and convolutional layers initialised to zero their default random weights.
+
+    torchvision zero-initialises ViT's classifier head (a fine-tuning convention), so an untrained
+    ViT returns its bias for every image: a constant, like the BatchNorm case above. Redrawn with
+    the layer's own ``reset_parameters`` under a fixed seed (the global random state is restored).
+
+    Returns:
+        The number of layers redrawn.
+    """
+    zero = [
+        module
+        for module in model.modules()
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and not module.weight.detach().any()
+    ]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for module in zero:
+                module.reset_parameters()
+    return len(zero)
+
+
+def make_untrained(model: nn.Module, input_size: tuple[int, int], channels: int = 3) -> nn.Module:
+    """A freshly built model made a random function of the image: zero-initialised layers redrawn
+    (`redraw_zero_layers`), then BatchNorm statistics re-estimated (`recalibrate_batchnorm`)."""
+    redraw_zero_layers(model)
+    recalibrate_batchnorm(model, input_size, channels=channels)
+    return model

@@ -24,7 +24,7 @@ from torchvision.transforms import functional as TF
 
 from models_zoo.errors import ExplainerInputError, did_you_mean
 from models_zoo.targets import LayerInfo, check_target, probe
-from models_zoo.untrained import recalibrate_batchnorm
+from models_zoo.untrained import make_untrained
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -316,8 +316,8 @@ def load_model(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with _load_lock:  # torch.hub downloads and caches are not safe to race
         model = spec.build(weights)
-    if weights is None:  # fresh BatchNorm statistics normalise nothing: see models_zoo.untrained
-        recalibrate_batchnorm(model, (spec.preprocessing.crop, spec.preprocessing.crop))
+    if weights is None:  # a fresh model can be a constant function: see models_zoo.untrained
+        make_untrained(model, (spec.preprocessing.crop, spec.preprocessing.crop), spec.preprocessing.channels)
     return wrap_model(
         name, model, spec.preprocessing, spec.labels, spec.default_layer, device, trained=weights is not None
     )

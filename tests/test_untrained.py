@@ -97,3 +97,21 @@ def test_every_random_model_depends_on_the_image(name):
     logits = logits_of(zoo, four_images())
     assert torch.isfinite(logits).all()
     assert spread(logits) > 1e-3
+
+
+def test_zero_initialised_layers_are_redrawn_deterministically():
+    """torchvision's ViT head starts at zero: untrained, every image would get the bias."""
+    from models_zoo.untrained import redraw_zero_layers
+
+    head = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    torch.nn.init.zeros_(head[1].weight)
+    before = head[0].weight.clone()
+    state = torch.random.get_rng_state()
+    assert redraw_zero_layers(head, seed=3) == 1
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global random state is kept
+    assert head[1].weight.abs().sum() > 0 and torch.equal(head[0].weight, before)
+    again = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    torch.nn.init.zeros_(again[1].weight)
+    redraw_zero_layers(again, seed=3)
+    assert torch.equal(again[1].weight, head[1].weight)
+    assert redraw_zero_layers(head) == 0
