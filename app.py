@@ -39,6 +39,10 @@ from models_zoo.custom import architectures
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 WEIGHT_TYPES = ["safetensors", "pt", "pth", "bin"]
 LABEL_TYPES = ["txt", "json"]
+UPLOAD_HINT_WRAPS = (
+    "<style>[data-testid='stFileUploaderDropzoneInstructions'] span"
+    " {white-space: normal; overflow: visible}</style>"
+)
 CUSTOM = "Custom (upload)"  # the classifier choice that reveals the uploaders
 PANELS_PER_ROW = 4
 OTHER_CLASS = -1  # the "another class" choice of the class radio
@@ -106,6 +110,8 @@ class Display:
 def sidebar_image() -> ImageChoice:
     st.sidebar.header("Image")
     upload = st.sidebar.file_uploader("Upload an image", type=UPLOAD_TYPES, key="upload")
+    # The uploader cuts its hint ("20MB per file • PNG, JPG, WEBP, B…") to one line; let it wrap.
+    st.sidebar.html(UPLOAD_HINT_WRAPS)
     samples = list_samples()
     sample = st.sidebar.selectbox(
         "…or pick a sample",
@@ -195,9 +201,12 @@ def sidebar_class(predictions: list[Prediction], labels: tuple[str, ...], contex
 
 def sidebar_methods() -> list[str]:
     st.sidebar.header("Methods")
-    return st.sidebar.multiselect(
+    # Pills wrap and show every method, chosen or not; a multiselect hid its last chips in a
+    # scrolling box.
+    return st.sidebar.pills(
         "Methods",
         service.method_options(),
+        selection_mode="multi",
         default=service.default_methods(),
         format_func=service.method_title,
         key="methods",
@@ -638,10 +647,12 @@ def main() -> None:
     # Named pages: without st.navigation the sidebar would list this page by its file name, "app".
     # The other pages live in app_pages/, not pages/: a pages/ folder would switch on Streamlit's
     # automatic page discovery, which serves a deep link (/Lessons) without this navigation.
+    # Emoji icons: a page's icon is also its favicon, and Streamlit fetches a ":material/...:" one
+    # from fonts.gstatic.com (fails offline); an emoji favicon is an inline SVG, no request.
     pages = [
-        st.Page(explore, title="Explore", icon=":material/image_search:", default=True),
-        st.Page("app_pages/1_Trust.py", title="Trust & bias", icon=":material/balance:", url_path="Trust"),
-        st.Page("app_pages/2_Lessons.py", title="Lessons", icon=":material/school:", url_path="Lessons"),
+        st.Page(explore, title="Explore", icon="🔍", default=True),
+        st.Page("app_pages/1_Trust.py", title="Trust & bias", icon="⚖️", url_path="Trust"),
+        st.Page("app_pages/2_Lessons.py", title="Lessons", icon="🎓", url_path="Lessons"),
     ]
     st.navigation(pages).run()
 
