@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from explainers.core import check_methods
-from explainers.errors import ExplainerInputError
+from explainers.errors import ExplainerInputError, MethodError, did_you_mean
 
 DEFAULT_METHODS = "gradcam,gradcam++"
 
@@ -24,7 +24,13 @@ def parse_methods(text: str) -> list[str]:
     Raises:
         MethodError: none given, or an unknown name (the message names close matches).
     """
-    return check_methods([name.strip() for name in text.split(",") if name.strip()])
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise MethodError(
+            f"--methods {text!r} names no method; give one or more, comma-separated, e.g. "
+            f"--methods {DEFAULT_METHODS} (see --help for the list)."
+        )
+    return check_methods(names)
 
 
 def file_stem(method: str) -> str:
@@ -48,11 +54,21 @@ def load_zoo(args: argparse.Namespace):
     Raises:
         ExplainerInputError: an incomplete custom-model triple, or any loading error.
     """
-    from models_zoo import load_custom_model, load_model
+    from models_zoo import ModelError, list_zoo, load_custom_model, load_model
 
-    custom = (args.arch, args.weights, args.labels)
-    if any(value is not None for value in custom):
-        if not all(value is not None for value in custom):
-            raise ExplainerInputError("A custom model needs all three of --arch, --weights and --labels.")
+    custom = {"--arch": args.arch, "--weights": args.weights, "--labels": args.labels}
+    if any(value is not None for value in custom.values()):
+        missing = [option for option, value in custom.items() if value is None]
+        if missing:
+            raise ExplainerInputError(
+                f"A custom model needs all three of --arch, --weights and --labels; "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing. "
+                "Or leave out all three to use a zoo model (--model)."
+            )
         return load_custom_model(args.arch, args.weights, args.labels)
+    if args.model not in list_zoo():
+        raise ModelError(
+            f"Unknown model {args.model!r} (--model).{did_you_mean(args.model, list_zoo())} "
+            "`python -m explainers --list-models` lists them all."
+        )
     return load_model(args.model)

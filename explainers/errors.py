@@ -1,4 +1,7 @@
-"""User-facing errors: one clear line each, shown by the CLI (exit 2) and the app (st.error)."""
+"""User-facing errors: one clear line each, shown by the CLI (exit 2) and the app (st.error).
+
+Each message names the value or file at fault and says what to do about it (the CLIs add the
+file's name where the library only saw its bytes)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,12 @@ def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.5) -> str:
     """ " Did you mean 'a', 'b'?" naming up to three close matches, or "" when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=cutoff)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def reason(error: BaseException) -> str:
+    """One line describing an exception, without a closing full stop (the caller ends the sentence)."""
+    text = " ".join(str(error).split()).rstrip(".")
+    return text or type(error).__name__
 
 
 class ExplainerInputError(ValueError):
