@@ -135,9 +135,14 @@ def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
     return images, [p for p in entries if p not in images]
 
 
+def entry_name(path: Path) -> str:
+    """A folder entry's name as listed to the user, folders with a trailing "/"."""
+    return path.name + ("/" if path.is_dir() else "")
+
+
 def skipped_note(skipped: list[Path], limit: int = 10) -> str:
     """One line naming what the audit leaves out, e.g. "skipped 1 entry that is not an image (...): README.md"."""
-    names = [p.name + ("/" if p.is_dir() else "") for p in skipped]
+    names = [entry_name(p) for p in skipped]
     shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
     what = "entry that is not an image" if len(names) == 1 else "entries that are not images"
     return f"skipped {len(names)} {what} ({', '.join(IMAGE_SUFFIXES)}; subfolders are not searched): {shown}"
@@ -396,7 +401,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
     context = f"{zoo.name}, layer {args.layer}, {len(good)} of {len(rows)} images from {args.folder}"
     if box is not None:
         context += f", box {box}"
-    skipped_names = [p.name for p in skipped]
+    skipped_names = [entry_name(p) for p in skipped]
     write_html(args.out / "index.html", rows, methods, summary, context, skipped_names)
     return rows, summary
 

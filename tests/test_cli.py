@@ -25,15 +25,16 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_explains_a_sample_with_the_defaults(tmp_path):
     done = cli(str(SAMPLES_DIR / "coffee.jpg"), "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert "espresso" in done.stdout
-    summary = json.loads((tmp_path / "predictions.json").read_text())
+    assert "espresso" in done.stdout and str(tmp_path / "coffee") in done.stdout
+    out = tmp_path / "coffee"  # the image's own folder
+    summary = json.loads((out / "predictions.json").read_text())
     assert summary["model"] == "efficientnet_lite0" and summary["layer"] == "_bn1"
     assert summary["target"]["label"] == "espresso"
     assert [row["label"] for row in summary["top5"]][0] == "espresso"
     assert len(summary["top5"]) == 5 and summary["device"] == "cpu" and summary["seconds"] > 0
     for stem in ["gradcam", "gradcampp"]:
-        assert Image.open(tmp_path / f"{stem}.png").size == (224, 224)
-        heatmap = np.load(tmp_path / f"{stem}.npy")
+        assert Image.open(out / f"{stem}.png").size == (224, 224)
+        heatmap = np.load(out / f"{stem}.npy")
         assert heatmap.shape == (224, 224) and 0 <= heatmap.min() and heatmap.max() <= 1
 
 
@@ -51,17 +52,19 @@ def test_layer_target_methods_and_counterfactual(tmp_path):
         str(tmp_path),
     )
     assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "predictions.json").read_text())
+    out = tmp_path / "cat_and_coffee"
+    summary = json.loads((out / "predictions.json").read_text())
     assert summary["target"]["index"] == 967 and summary["counterfactual"]
-    assert (tmp_path / "counterfactual_layercam.png").exists()
-    assert np.load(tmp_path / "counterfactual_hirescam.npy").shape == (224, 224)
+    assert (out / "counterfactual_layercam.png").exists()
+    assert np.load(out / "counterfactual_hirescam.npy").shape == (224, 224)
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["missing.jpg"], "No such image file"),
-        (["README.md"], "image"),
+        (["missing.jpg"], "No such image file: missing.jpg"),
+        (["README.md"], "README.md: Could not read the image"),
+        (["assets"], "assets is a folder"),
         (["{sample}", "--model", "resnet5O"], "Did you mean 'resnet50'"),
         (["{sample}", "--methods", "gradcam,gradcma"], "Unknown method 'gradcma'"),
         (["{sample}", "--layer", "_bn2"], "no layer named '_bn2'"),
@@ -100,7 +103,69 @@ def test_a_custom_model_from_files(tmp_path):
         str(tmp_path / "out"),
     )
     assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    summary = json.loads((tmp_path / "out" / "grace_hopper" / "predictions.json").read_text())
     assert summary["target"]["label"] in {"nurse", "doctor", "surgeon"} and len(summary["top5"]) == 3
     incomplete = cli(str(SAMPLES_DIR / "grace_hopper.jpg"), "--arch", "resnet18")
     assert incomplete.returncode == 2 and "all three" in incomplete.stderr
+    assert "--weights and --labels are missing" in incomplete.stderr
+
+
+def test_runs_on_different_images_stay_apart_and_a_rerun_replaces_its_files(tmp_path):
+    # The README's examples in a row: each image gets its own folder, nothing mixes.
+    assert cli(str(SAMPLES_DIR / "chelsea.jpg"), "--out", str(tmp_path)).returncode == 0
+    done = cli(str(SAMPLES_DIR / "coffee.jpg"), "--methods", "layercam", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chelsea", "coffee"]
+    first = sorted(p.name for p in (tmp_path / "chelsea").iterdir())
+    assert first == ["gradcam.npy", "gradcam.png", "gradcampp.npy", "gradcampp.png", "predictions.json"]
+    assert sorted(p.name for p in (tmp_path / "coffee").iterdir()) == [
+        "layercam.npy",
+        "layercam.png",
+        "predictions.json",
+    ]
+    # The same image again with other methods: the previous run's maps go, a user's file stays.
+    (tmp_path / "chelsea" / "notes.txt").write_text("mine")
+    assert (
+        cli(str(SAMPLES_DIR / "chelsea.jpg"), "--methods", "hirescam", "--out", str(tmp_path)).returncode == 0
+    )
+    again = sorted(p.name for p in (tmp_path / "chelsea").iterdir())
+    assert again == ["hirescam.npy", "hirescam.png", "notes.txt", "predictions.json"]
+    assert json.loads((tmp_path / "chelsea" / "predictions.json").read_text())["files"] == [
+        "hirescam.png",
+        "hirescam.npy",
+    ]
+
+
+def test_run_folder_names():
+    from explainers.__main__ import run_folder
+
+    assert run_folder(Path("out"), Path("a/b/cat photo (1).JPG")) == Path("out/cat_photo_1")
+    assert run_folder(Path("out"), Path("....png")) == Path("out/image")
+
+
+@pytest.mark.parametrize(
+    "args, named, fix",
+    [
+        (["{sample}", "--methods", ","], "--methods ','", "--methods gradcam,gradcam++"),
+        (["{sample}", "--model", "resnet5O"], "'resnet5O'", "--list-models"),
+        (["{sample}", "--weights", "w.pt"], "--arch and --labels are missing", "leave out all three"),
+        (["{empty}"], "empty.jpg", "save or upload it again"),
+        (["{sample}", "--out", "{file}"], "Cannot write to", "Choose a folder you can write to"),
+    ],
+)
+def test_errors_name_the_value_and_the_fix(args, named, fix, tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "a_file").write_text("a file where --out wants a folder")
+    where = {"{sample}": str(SAMPLES_DIR / "chelsea.jpg"), "{empty}": str(tmp_path / "empty.jpg")}
+    where["{file}"] = str(tmp_path / "a_file")
+    done = cli(*[where.get(a, a) for a in args])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert named in done.stderr and fix in done.stderr, done.stderr
+
+
+def test_lists_the_models_and_explains_its_output_folders():
+    listed = cli("--list-models")
+    assert listed.returncode == 0 and listed.stdout.splitlines()[0] == "efficientnet_lite0"
+    assert "resnet50" in listed.stdout.splitlines()
+    assert "OUT/<image name>/" in " ".join(cli("--help").stdout.split())
