@@ -8,18 +8,24 @@ inputs, so returning to an earlier choice is instant and display changes never r
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass
+from functools import partial
 
 import numpy as np
 import streamlit as st
 from PIL import Image
 from streamlit.delta_generator import DeltaGenerator
 
+# A fresh server's first visit imports PyTorch, torchvision and the explainers here: seconds on a
+# small machine, with a blank page unless this says so. Later runs find them imported, and a
+# spinner only appears after half a second, so they never see it.
+with st.spinner("Starting CAM Explorer: loading PyTorch and the explainers (first visit only)…"):
+    import app_cache  # noqa: F401  (everything heavy comes in through it)
+
 from app_cache import (
     get_explanation,
     get_faithfulness,
     get_image,
     get_model,
-    get_npz,
     get_predictions,
     get_scorecam_plan,
     get_sweep,
@@ -578,8 +584,12 @@ def render_downloads(result: ExplanationResult, method: str, display: Display) -
     middle.download_button(
         "Map (.npy)", service.to_npy(result.maps[method]), f"{stem}.npy", on_click="ignore"
     )
+    # Compressing every map takes a noticeable part of the first view: done on click, not per run.
     right.download_button(
-        "All maps (.npz)", get_npz(result), f"{stem.rsplit('_', 2)[0]}_maps.npz", on_click="ignore"
+        "All maps (.npz)",
+        partial(service.to_npz, result),
+        f"{stem.rsplit('_', 2)[0]}_maps.npz",
+        on_click="ignore",
     )
 
 
