@@ -110,11 +110,26 @@ def test_a_custom_model_from_files(tmp_path):
     assert "--weights and --labels are missing" in incomplete.stderr
 
 
-def test_runs_on_different_images_stay_apart_and_a_rerun_replaces_its_files(tmp_path):
+def in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI's main() in this process (no second PyTorch start-up): status, stdout, stderr."""
+    from explainers.__main__ import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as done:  # argparse's --help and its one-line errors
+        status = done.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_runs_on_different_images_stay_apart_and_a_rerun_replaces_its_files(tmp_path, capsys):
     # The README's examples in a row: each image gets its own folder, nothing mixes.
-    assert cli(str(SAMPLES_DIR / "chelsea.jpg"), "--out", str(tmp_path)).returncode == 0
-    done = cli(str(SAMPLES_DIR / "coffee.jpg"), "--methods", "layercam", "--out", str(tmp_path))
-    assert done.returncode == 0, done.stderr
+    assert in_process(capsys, str(SAMPLES_DIR / "chelsea.jpg"), "--out", str(tmp_path))[0] == 0
+    status, out, err = in_process(
+        capsys, str(SAMPLES_DIR / "coffee.jpg"), "--methods", "layercam", "--out", str(tmp_path)
+    )
+    assert status == 0, err
+    assert out.rstrip().endswith(f"-> {tmp_path / 'coffee'}/")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chelsea", "coffee"]
     first = sorted(p.name for p in (tmp_path / "chelsea").iterdir())
     assert first == ["gradcam.npy", "gradcam.png", "gradcampp.npy", "gradcampp.png", "predictions.json"]
@@ -125,11 +140,16 @@ def test_runs_on_different_images_stay_apart_and_a_rerun_replaces_its_files(tmp_
     ]
     # The same image again with other methods: the previous run's maps go, a user's file stays.
     (tmp_path / "chelsea" / "notes.txt").write_text("mine")
-    assert (
-        cli(str(SAMPLES_DIR / "chelsea.jpg"), "--methods", "hirescam", "--out", str(tmp_path)).returncode == 0
+    again = in_process(
+        capsys, str(SAMPLES_DIR / "chelsea.jpg"), "--methods", "hirescam", "--out", str(tmp_path)
     )
-    again = sorted(p.name for p in (tmp_path / "chelsea").iterdir())
-    assert again == ["hirescam.npy", "hirescam.png", "notes.txt", "predictions.json"]
+    assert again[0] == 0, again[2]
+    assert sorted(p.name for p in (tmp_path / "chelsea").iterdir()) == [
+        "hirescam.npy",
+        "hirescam.png",
+        "notes.txt",
+        "predictions.json",
+    ]
     assert json.loads((tmp_path / "chelsea" / "predictions.json").read_text())["files"] == [
         "hirescam.png",
         "hirescam.npy",
@@ -151,21 +171,24 @@ def test_run_folder_names():
         (["{sample}", "--weights", "w.pt"], "--arch and --labels are missing", "leave out all three"),
         (["{empty}"], "empty.jpg", "save or upload it again"),
         (["{sample}", "--out", "{file}"], "Cannot write to", "Choose a folder you can write to"),
+        (["nowhere.jpg"], "nowhere.jpg", "Check the path"),
+        (["{folder}"], "is a folder", "python -m explainers.audit"),
     ],
 )
-def test_errors_name_the_value_and_the_fix(args, named, fix, tmp_path):
+def test_errors_name_the_value_and_the_fix(args, named, fix, tmp_path, capsys):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "a_file").write_text("a file where --out wants a folder")
     where = {"{sample}": str(SAMPLES_DIR / "chelsea.jpg"), "{empty}": str(tmp_path / "empty.jpg")}
-    where["{file}"] = str(tmp_path / "a_file")
-    done = cli(*[where.get(a, a) for a in args])
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert named in done.stderr and fix in done.stderr, done.stderr
+    where |= {"{file}": str(tmp_path / "a_file"), "{folder}": str(tmp_path)}
+    status, _, err = in_process(capsys, *[where.get(a, a) for a in args])
+    assert status == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert named in err and fix in err, err
 
 
-def test_lists_the_models_and_explains_its_output_folders():
-    listed = cli("--list-models")
-    assert listed.returncode == 0 and listed.stdout.splitlines()[0] == "efficientnet_lite0"
-    assert "resnet50" in listed.stdout.splitlines()
-    assert "OUT/<image name>/" in " ".join(cli("--help").stdout.split())
+def test_lists_the_models_and_explains_its_output_folders(capsys):
+    status, out, _ = in_process(capsys, "--list-models")
+    assert status == 0 and out.splitlines()[0] == "efficientnet_lite0" and "resnet50" in out.splitlines()
+    status, out, _ = in_process(capsys, "--help")
+    assert status == 0 and "OUT/<image name>/" in " ".join(out.split())
+    status, _, err = in_process(capsys)
+    assert status == 2 and "required: image" in err
