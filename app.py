@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -42,6 +43,7 @@ from explainers.service import ExplanationResult, FaithfulnessScore, Prediction
 from models_zoo import ZooModel, list_zoo
 from models_zoo.custom import architectures
 
+ICON = Path(__file__).parent / "assets" / "icon.png"  # the favicon, served by the app itself
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 WEIGHT_TYPES = ["safetensors", "pt", "pth", "bin"]
 LABEL_TYPES = ["txt", "json"]
@@ -602,7 +604,7 @@ def render_status(result: ExplanationResult) -> None:
 
 def explore() -> None:
     """The Explore page: one image, one model, the maps side by side."""
-    st.set_page_config(page_title="CAM Explorer", page_icon="🔍", layout="wide")
+    st.set_page_config(page_title="CAM Explorer", layout="wide")
     st.title("CAM Explorer")
     st.caption(
         "What does the network look at? Warm colours mark the regions that raise the score of the "
@@ -657,12 +659,14 @@ def main() -> None:
     # Named pages: without st.navigation the sidebar would list this page by its file name, "app".
     # The other pages live in app_pages/, not pages/: a pages/ folder would switch on Streamlit's
     # automatic page discovery, which serves a deep link (/Lessons) without this navigation.
-    # Emoji icons: a page's icon is also its favicon, and Streamlit fetches a ":material/...:" one
-    # from fonts.gstatic.com (fails offline); an emoji favicon is an inline SVG, no request.
+    # The favicon is set before the navigation: otherwise the browser takes the page's material
+    # icon as favicon and fetches it from fonts.gstatic.com (fails offline). In the sidebar the
+    # material icons come from a font Streamlit serves itself. The pages set no icon of their own.
+    st.set_page_config(page_icon=str(ICON))
     pages = [
-        st.Page(explore, title="Explore", icon="🔍", default=True),
-        st.Page("app_pages/1_Trust.py", title="Trust & bias", icon="⚖️", url_path="Trust"),
-        st.Page("app_pages/2_Lessons.py", title="Lessons", icon="🎓", url_path="Lessons"),
+        st.Page(explore, title="Explore", icon=":material/image_search:", default=True),
+        st.Page("app_pages/1_Trust.py", title="Trust & bias", icon=":material/balance:", url_path="Trust"),
+        st.Page("app_pages/2_Lessons.py", title="Lessons", icon=":material/school:", url_path="Lessons"),
     ]
     st.navigation(pages).run()
 

@@ -59,11 +59,12 @@ def test_three_pages_make_no_failed_request(session):
     page, failed, _, visited, url = session
     assert set(visited) == {"Explore", "Trust & bias", "Lessons"}
     assert failed == []
-    # The favicon is an inline emoji, never fetched from a font server.
-    for href in page.locator("link[rel='shortcut icon'], link[rel='icon']").evaluate_all(
+    # The favicon is the app's own PNG, served by the app, never fetched from a font server.
+    icons = page.locator("link[rel='shortcut icon'], link[rel='icon']").evaluate_all(
         "links => links.map(link => link.href)"
-    ):
-        assert href.startswith("data:") or urlparse(href).netloc == urlparse(url).netloc, href
+    )
+    assert icons and all(urlparse(href).netloc == urlparse(url).netloc for href in icons), icons
+    assert any(href.endswith(".png") and "/media/" in href for href in icons), icons
 
 
 def test_server_log_has_no_watcher_warnings(session):
