@@ -22,6 +22,18 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI's main() in this process (no second PyTorch start-up): status, stdout, stderr."""
+    from explainers.__main__ import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as done:  # argparse's --help and its one-line errors
+        status = done.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
 def test_explains_a_sample_with_the_defaults(tmp_path):
     done = cli(str(SAMPLES_DIR / "coffee.jpg"), "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
@@ -38,8 +50,9 @@ def test_explains_a_sample_with_the_defaults(tmp_path):
         assert heatmap.shape == (224, 224) and 0 <= heatmap.min() and heatmap.max() <= 1
 
 
-def test_layer_target_methods_and_counterfactual(tmp_path):
-    done = cli(
+def test_layer_target_methods_and_counterfactual(tmp_path, capsys):
+    status, _, err = in_process(
+        capsys,
         str(SAMPLES_DIR / "cat_and_coffee.jpg"),
         "--layer",
         "_blocks.12",
@@ -51,7 +64,7 @@ def test_layer_target_methods_and_counterfactual(tmp_path):
         "--out",
         str(tmp_path),
     )
-    assert done.returncode == 0, done.stderr
+    assert status == 0, err
     out = tmp_path / "cat_and_coffee"
     summary = json.loads((out / "predictions.json").read_text())
     assert summary["target"]["index"] == 967 and summary["counterfactual"]
@@ -74,16 +87,22 @@ def test_layer_target_methods_and_counterfactual(tmp_path):
         (["{sample}", "--methods", "cam"], "global average pooling"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
+def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
+    # In this process: an exception other than the one-line error would fail the test itself.
     args = [a.replace("{sample}", str(SAMPLES_DIR / "chelsea.jpg")) for a in args]
-    done = cli(*args, "--out", str(tmp_path))
-    assert done.returncode == 2
-    assert message in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "Traceback" not in done.stderr
+    status, _, err = in_process(capsys, *args, "--out", str(tmp_path))
+    assert status == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
-def test_a_custom_model_from_files(tmp_path):
+def test_bad_input_from_the_shell_is_one_line_without_traceback(tmp_path):
+    done = cli("README.md", "--out", str(tmp_path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: README.md: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_custom_model_from_files(tmp_path, capsys):
     import torch
     import torchvision
     from safetensors.torch import save_file
@@ -91,7 +110,8 @@ def test_a_custom_model_from_files(tmp_path):
     torch.manual_seed(0)
     save_file(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "head.safetensors")
     (tmp_path / "labels.txt").write_text("nurse\ndoctor\nsurgeon\n")
-    done = cli(
+    status, _, err = in_process(
+        capsys,
         str(SAMPLES_DIR / "grace_hopper.jpg"),
         "--arch",
         "resnet18",
@@ -102,24 +122,11 @@ def test_a_custom_model_from_files(tmp_path):
         "--out",
         str(tmp_path / "out"),
     )
-    assert done.returncode == 0, done.stderr
+    assert status == 0, err
     summary = json.loads((tmp_path / "out" / "grace_hopper" / "predictions.json").read_text())
     assert summary["target"]["label"] in {"nurse", "doctor", "surgeon"} and len(summary["top5"]) == 3
-    incomplete = cli(str(SAMPLES_DIR / "grace_hopper.jpg"), "--arch", "resnet18")
-    assert incomplete.returncode == 2 and "all three" in incomplete.stderr
-    assert "--weights and --labels are missing" in incomplete.stderr
-
-
-def in_process(capsys, *args: str) -> tuple[int, str, str]:
-    """The CLI's main() in this process (no second PyTorch start-up): status, stdout, stderr."""
-    from explainers.__main__ import main
-
-    try:
-        status = main(list(args))
-    except SystemExit as done:  # argparse's --help and its one-line errors
-        status = done.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+    status, _, err = in_process(capsys, str(SAMPLES_DIR / "grace_hopper.jpg"), "--arch", "resnet18")
+    assert status == 2 and "all three" in err and "--weights and --labels are missing" in err
 
 
 def test_runs_on_different_images_stay_apart_and_a_rerun_replaces_its_files(tmp_path, capsys):
