@@ -8,11 +8,19 @@ inputs, so returning to an earlier choice is instant and display changes never r
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 from PIL import Image
 from streamlit.delta_generator import DeltaGenerator
+
+# A fresh server's first visit imports PyTorch, torchvision and the explainers here: seconds on a
+# small machine, with a blank page unless this says so. Later runs find them imported, and a
+# spinner only appears after half a second, so they never see it.
+with st.spinner("Starting CAM Explorer: loading PyTorch and the explainers (first visit only)…"):
+    import app_cache  # noqa: F401  (everything heavy comes in through it)
 
 from app_cache import (
     CUSTOM_PREFIX,
@@ -21,7 +29,6 @@ from app_cache import (
     get_faithfulness,
     get_image,
     get_model,
-    get_npz,
     get_predictions,
     get_scorecam_plan,
     get_sweep,
@@ -39,9 +46,14 @@ from models_zoo import ZooModel, list_zoo
 from models_zoo.custom import architectures
 from models_zoo.folder import list_folder_models, models_dir
 
+ICON = Path(__file__).parent / "assets" / "icon.png"  # the favicon, served by the app itself
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 WEIGHT_TYPES = ["safetensors", "pt", "pth", "bin", "pt2"]
 LABEL_TYPES = ["txt", "json"]
+UPLOAD_HINT_WRAPS = (
+    "<style>[data-testid='stFileUploaderDropzoneInstructions'] span"
+    " {white-space: normal; overflow: visible}</style>"
+)
 CUSTOM = "Custom (upload)"  # the classifier choice that reveals the uploaders
 # Upload limits in MB. The server's cap (server.maxUploadSize in .streamlit/config.toml) is the
 # weights limit; each uploader states its own, and images are checked again here, since the
@@ -126,6 +138,8 @@ def sidebar_image() -> ImageChoice:
         key="upload",
         max_upload_size=IMAGE_LIMIT_MB,
     )
+    # The uploader cuts its hint ("20MB per file • PNG, JPG, WEBP, B…") to one line; let it wrap.
+    st.sidebar.html(UPLOAD_HINT_WRAPS)
     samples = list_samples()
     sample = st.sidebar.selectbox(
         "…or pick a sample",
@@ -297,9 +311,12 @@ def sidebar_class(predictions: list[Prediction], labels: tuple[str, ...], contex
 
 def sidebar_methods() -> list[str]:
     st.sidebar.header("Methods")
-    return st.sidebar.multiselect(
+    # Pills wrap and show every method, chosen or not; a multiselect hid its last chips in a
+    # scrolling box.
+    return st.sidebar.pills(
         "Methods",
         service.method_options(),
+        selection_mode="multi",
         default=service.default_methods(),
         format_func=service.method_title,
         key="methods",
@@ -688,8 +705,12 @@ def render_downloads(result: ExplanationResult, method: str, display: Display) -
     middle.download_button(
         "Map (.npy)", service.to_npy(result.maps[method]), f"{stem}.npy", on_click="ignore"
     )
+    # Compressing every map takes a noticeable part of the first view: done on click, not per run.
     right.download_button(
-        "All maps (.npz)", get_npz(result), f"{stem.rsplit('_', 2)[0]}_maps.npz", on_click="ignore"
+        "All maps (.npz)",
+        partial(service.to_npz, result),
+        f"{stem.rsplit('_', 2)[0]}_maps.npz",
+        on_click="ignore",
     )
 
 
@@ -702,7 +723,7 @@ def render_status(result: ExplanationResult) -> None:
 
 def explore() -> None:
     """The Explore page: one image, one model, the maps side by side."""
-    st.set_page_config(page_title="CAM Explorer", page_icon="🔍", layout="wide")
+    st.set_page_config(page_title="CAM Explorer", layout="wide")
     st.title("CAM Explorer")
     st.caption(
         "What does the network look at? Warm colours mark the regions that raise the score of the "
@@ -761,6 +782,10 @@ def main() -> None:
     # Named pages: without st.navigation the sidebar would list this page by its file name, "app".
     # The other pages live in app_pages/, not pages/: a pages/ folder would switch on Streamlit's
     # automatic page discovery, which serves a deep link (/Lessons) without this navigation.
+    # The favicon is set before the navigation: otherwise the browser takes the page's material
+    # icon as favicon and fetches it from fonts.gstatic.com (fails offline). In the sidebar the
+    # material icons come from a font Streamlit serves itself. The pages set no icon of their own.
+    st.set_page_config(page_icon=str(ICON))
     pages = [
         st.Page(explore, title="Explore", icon=":material/image_search:", default=True),
         st.Page("app_pages/1_Trust.py", title="Trust & bias", icon=":material/balance:", url_path="Trust"),

@@ -208,10 +208,3 @@ def get_faithfulness(
     return service.score_faithfulness(
         get_model(model, random_weights), _image, _result, methods, progress=_progress
     )
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def get_npz(result: ExplanationResult) -> bytes:
-    # Compressing every map takes ~150 ms: once per explanation, not on every rerun (hashing the
-    # result's arrays to find it costs a few ms).
-    return service.to_npz(result)

@@ -671,7 +671,7 @@ def render_sanity_maps(result: SanityResult, crop: np.ndarray, class_name: str, 
 
 
 def main() -> None:
-    st.set_page_config(page_title="CAM Explorer · Trust & bias", page_icon="⚖️", layout="wide")
+    st.set_page_config(page_title="CAM Explorer · Trust & bias", layout="wide")  # icon: app.py
     st.title("Trust & bias")
     st.caption(
         "Does the model look at the evidence, or at a shortcut? Compare two models or two classes, "

@@ -114,7 +114,7 @@ def series_figure(lesson: Lesson) -> go.Figure:
 
 
 def main() -> None:
-    st.set_page_config(page_title="CAM Explorer · Lessons", page_icon="🎓", layout="wide")
+    st.set_page_config(page_title="CAM Explorer · Lessons", layout="wide")  # icon: app.py
     st.markdown(PROJECTOR_CSS, unsafe_allow_html=True)
     st.title("Lessons")
     st.caption(

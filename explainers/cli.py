@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from explainers.core import check_methods
-from explainers.errors import ExplainerInputError
+from explainers.errors import ExplainerInputError, MethodError
 
 DEFAULT_METHODS = "gradcam,gradcam++"
 LAYER_HELP = (
@@ -29,7 +29,13 @@ def parse_methods(text: str) -> list[str]:
     Raises:
         MethodError: none given, or an unknown name (the message names close matches).
     """
-    return check_methods([name.strip() for name in text.split(",") if name.strip()])
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise MethodError(
+            f"--methods {text!r} names no method; give one or more, comma-separated, e.g. "
+            f"--methods {DEFAULT_METHODS} (see --help for the list)."
+        )
+    return check_methods(names)
 
 
 def file_stem(method: str) -> str:
@@ -69,10 +75,14 @@ def load_zoo(args: argparse.Namespace):
     from models_zoo import load_custom_model
     from models_zoo.folder import load_named
 
-    if any(value is not None for value in (args.arch, args.weights, args.labels)):
-        if args.weights is None or args.labels is None:
+    custom = {"--arch": args.arch, "--weights": args.weights, "--labels": args.labels}
+    if any(value is not None for value in custom.values()):
+        missing = [option for option in ("--weights", "--labels") if custom[option] is None]
+        if missing:
             raise ExplainerInputError(
-                "A custom model needs --weights and --labels (and --arch, unless the weights are a .pt2)."
+                "A custom model needs --weights and --labels (and --arch, unless the weights are a "
+                f".pt2); {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing. "
+                "Or leave out all three to use a zoo model (--model)."
             )
         return load_custom_model(args.arch, args.weights, args.labels)
     return load_named(args.model, getattr(args, "models_dir", None))

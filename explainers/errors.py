@@ -2,6 +2,9 @@
 
 The base class, `LayerError` and `did_you_mean` live in `models_zoo.errors` (the registry raises
 them too, and does not import the explainers); they are re-exported here.
+
+Each message names the value or file at fault and says what to do about it (the CLIs add the
+file's name where the library only saw its bytes).
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ __all__ = [
     "MethodError",
     "TargetError",
     "did_you_mean",
+    "reason",
 ]
+
+
+def reason(error: BaseException) -> str:
+    """One line describing an exception, without a closing full stop (the caller ends the sentence)."""
+    text = " ".join(str(error).split()).rstrip(".")
+    return text or type(error).__name__
 
 
 class ImageError(ExplainerInputError):

@@ -16,11 +16,13 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from explainers.errors import ImageError
+from explainers.errors import reason as _reason
 
 # Formats a user may upload. The allowlist keeps Pillow from handing odd files to plugins that
 # run external programs (EPS calls Ghostscript) or parse rarely-fuzzed containers.
 FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "TIFF", "GIF", "AVIF")
 _FORMAT_NAMES = "PNG, JPEG, WebP, BMP, TIFF or GIF"
+_DAMAGED = " The file may be damaged or cut off: save or download it again."
 # What a broken file makes Pillow's decoders raise; DecompressionBombError is no OSError.
 _DECODE_ERRORS = (
     OSError,
@@ -65,26 +67,32 @@ def load_image(source: Source, *, max_pixels: int = 40_000_000, min_side: int = 
     # LOAD_TRUNCATED_IMAGES is Pillow's global switch; another library may have set it, and
     # then a cut-off upload would be padded with grey instead of failing. Refuse to run so.
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise ImageError("Cannot check images: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set.")
+        raise ImageError(
+            "Cannot check images: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set;"
+            " set it back to False before loading images."
+        )
     try:
         image = Image.open(stream, formats=[f for f in FORMATS if f in _registered()])
     except Image.UnidentifiedImageError as err:
-        raise ImageError(f"Could not read the image: it is not a {_FORMAT_NAMES} file.") from err
+        raise ImageError(
+            f"Could not read the image: it is not a {_FORMAT_NAMES} file. Save it in one of these formats."
+        ) from err
     except Image.DecompressionBombError as err:  # Pillow's own, higher limit
-        raise ImageError(f"The image is too large to open safely: {err}") from err
+        raise ImageError(f"The image is too large to open safely: {err} Downscale it and try again.") from err
     except _DECODE_ERRORS as err:
-        raise ImageError(f"Could not read the image: {_reason(err)}") from err
+        raise ImageError(f"Could not read the image: {_reason(err)}.{_DAMAGED}") from err
     with image:
         # Open only parsed the header: check the size before any pixel is decoded.
         width, height = image.size
         if width * height > max_pixels:
             raise ImageError(
                 f"The image is {width}×{height} pixels ({width * height / 1e6:.3g} megapixels);"
-                f" the limit is {max_pixels / 1e6:.3g} megapixels."
+                f" the limit is {max_pixels / 1e6:.3g} megapixels. Downscale it below the limit."
             )
         if min(width, height) < min_side:
             raise ImageError(
                 f"The image is {width}×{height} pixels; it needs to be at least {min_side}×{min_side}."
+                " Use a larger image."
             )
         try:
             image.load()
@@ -92,7 +100,7 @@ def load_image(source: Source, *, max_pixels: int = 40_000_000, min_side: int = 
             # exif_transpose returns a new image, so closing the original on exit is safe.
             return _to_rgb(ImageOps.exif_transpose(image))
         except _DECODE_ERRORS as err:
-            raise ImageError(f"Could not read the image: {_reason(err)}") from err
+            raise ImageError(f"Could not read the image: {_reason(err)}.{_DAMAGED}") from err
 
 
 def _read(source: Source) -> bytes:
@@ -106,11 +114,15 @@ def _read(source: Source) -> bytes:
         else:
             data = source.read()
     except OSError as err:
-        raise ImageError(f"Could not read the image file: {_reason(err)}") from err
+        raise ImageError(
+            f"Could not read the image file: {_reason(err)}. Check the path and its permissions."
+        ) from err
     if not isinstance(data, bytes):
         raise ImageError(f"Expected image bytes, got {type(data).__name__}.")
     if not data:
-        raise ImageError("The image file is empty.")
+        raise ImageError(
+            "The image file is empty (0 bytes). Choose another file, or save or upload it again."
+        )
     return data
 
 
@@ -139,9 +151,3 @@ def _registered() -> set[str]:
     """Format names Pillow can open in this installation (plugins load on first use)."""
     Image.init()
     return set(Image.OPEN)
-
-
-def _reason(err: BaseException) -> str:
-    """One line describing an exception, for the end of an error message."""
-    text = " ".join(str(err).split())
-    return text or type(err).__name__

@@ -114,10 +114,12 @@ def artifacts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[str]:
+def served(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """A `streamlit run app.py` server with the shipped settings: its URL and its log file."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = (tmp_path_factory.mktemp("streamlit") / "server.log").open("w")
+    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
+    log = log_path.open("w")
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
         "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
@@ -126,7 +128,7 @@ def server(tmp_path_factory) -> Iterator[str]:
     process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_healthy(url, process)
-        yield url
+        yield url, log_path
     finally:
         process.terminate()
         try:
@@ -135,6 +137,11 @@ def server(tmp_path_factory) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    return served[0]
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def status(at: AppTest) -> str:
 def shows_overlays(at: AppTest, label: str | None = None) -> bool:
     """Whether the page shows the input and one overlay per CAM method (of the given class)."""
     shown = captions(at)
-    cams = [m for m in at.multiselect(key="methods").value if explainers.METHODS[m].kind == "cam"]
+    cams = [m for m in at.pills(key="methods").value if explainers.METHODS[m].kind == "cam"]
     wanted = [f"{method_title(m)} · {label or ''}" for m in cams]
     return any(" sees it (" in c for c in shown) and all(any(c.startswith(w) for c in shown) for w in wanted)
 
@@ -124,7 +124,7 @@ def test_default_page_shows_a_sample_explained_at_once():
     assert class_radio(at).index == 0  # the predicted class
     assert "Chelsea the cat as efficientnet_lite0 sees it (224×224)" in captions(at)
     assert shows_overlays(at)
-    assert set(at.multiselect(key="methods").value) == set(default_methods())
+    assert set(at.pills(key="methods").value) == set(default_methods())
     assert any(c.startswith("Guided backprop · ") for c in captions(at)), "a row of guided maps"
     assert "on **CPU**" in status(at)
     assert at.get("plotly_chart"), "top-5 chart and heat map"
@@ -148,19 +148,19 @@ def test_layer_class_and_methods_can_be_changed():
     at.toggle(key="counterfactual").set_value(True).run()
     assert all(c.endswith("counterfactual") for c in captions(at) if " sees it (" not in c)
 
-    at.multiselect(key="methods").set_value(["hirescam", "xgradcam"]).run()
+    at.pills(key="methods").set_value(["hirescam", "xgradcam"]).run()
     assert not at.exception
     assert {c.split(" · ")[0] for c in captions(at)} >= {"HiResCAM", "XGrad-CAM"}
 
     # CAM applies at the final feature map, which the head pools; at _bn1 (before the head's
     # ReLU6) it does not: a warning, not a failure.
-    at.multiselect(key="methods").set_value(["cam"]).run()
+    at.pills(key="methods").set_value(["cam"]).run()
     layer_select(at).set_value("final").run()
     assert not at.exception and not at.warning and any(c.startswith("CAM · ") for c in captions(at))
     layer_select(at).set_value("_bn1").run()
     assert not at.exception and "CAM needs" in at.warning[0].value
 
-    at.multiselect(key="methods").set_value([]).run()
+    at.pills(key="methods").set_value([]).run()
     assert not at.exception and "Choose at least one method" in at.info[0].value
 
 
@@ -268,13 +268,13 @@ def expander_captions(at: AppTest, label: str) -> list[str]:
 
 
 def choose_scorecam(at: AppTest) -> None:
-    at.multiselect(key="methods").set_value(["gradcam", "scorecam"]).run()
+    at.pills(key="methods").set_value(["gradcam", "scorecam"]).run()
     assert not at.exception
 
 
 def test_scorecam_says_its_cost_then_runs_with_progress():
     at = open_app()
-    assert "scorecam" not in at.multiselect(key="methods").value, "too slow for the default page"
+    assert "scorecam" not in at.pills(key="methods").value, "too slow for the default page"
     choose_scorecam(at)
     assert at.toggle(key="scorecam_approximation").value  # a short approximation by default
     # At most 32 of the 1280 channels; channels blank on this image need no pass.
@@ -363,7 +363,7 @@ def test_faithfulness_scores_under_each_map(monkeypatch):
     at.toggle(key="faithfulness").set_value(True).run()
     assert not at.exception and not errors(at)
     scores = [c.value for c in at.caption if c.value.startswith("Avg drop")]
-    cams = [m for m in at.multiselect(key="methods").value if explainers.METHODS[m].kind == "cam"]
+    cams = [m for m in at.pills(key="methods").value if explainers.METHODS[m].kind == "cam"]
     assert len(scores) == len(cams)
     assert all("deletion AUC" in s and "insertion AUC" in s and "conf. increase" in s for s in scores)
     assert all("(lower is better)" in s and "(higher is better)" in s for s in scores)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -36,24 +37,23 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_audit_folder_with_box(folder, tmp_path, capsys):
-    out = tmp_path / "out"
-    status = main([str(folder), "--box", "60,40,180,200", "--steps", "2", "--out", str(out)])
+    status = main([str(folder), "--box", "60,40,180,200", "--steps", "2", "--out", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert status == 0
+    out = tmp_path / "out" / "images"  # the audited folder's own run folder
     assert "skipped broken.png" in captured.err and "3/3" in captured.err
-    assert "2 of 3 images explained" in captured.out
+    assert "2 of 3 images explained" in captured.out and str(out / "audit.csv") in captured.out
     rows = {row["image"]: row for row in read_csv(out / "audit.csv")}
     assert list(rows) == ["broken.png", "cat one.jpg", "coffee.jpg"]
     assert rows["broken.png"]["status"].startswith("unreadable") and rows["broken.png"]["prediction"] == ""
     cat = rows["cat one.jpg"]
     assert cat["status"] == "ok" and cat["prediction"] == "tiger cat" and cat["target"] == "tiger cat"
     for method in ("gradcam", "gradcam++"):
-        assert 0 <= float(cat[f"{method}_energy_in_box"]) <= 1
-        assert 0 <= float(cat[f"{method}_average_drop"]) <= 100
-        assert cat[f"{method}_increase_in_confidence"] in ("0.0000", "1.0000")
-        assert (
-            0 <= float(cat[f"{method}_deletion_auc"]) <= 1 and 0 <= float(cat[f"{method}_insertion_auc"]) <= 1
-        )
+        assert 0 <= float(cat[f"{method}_energy_in_box_fraction"]) <= 1
+        assert 0 <= float(cat[f"{method}_average_drop_fraction"]) <= 1
+        assert cat[f"{method}_increase_in_confidence_flag"] in ("0", "1")
+        assert 0 <= float(cat[f"{method}_deletion_auc_fraction"]) <= 1
+        assert 0 <= float(cat[f"{method}_insertion_auc_fraction"]) <= 1
     page = (out / "index.html").read_text()
     assert "cat one.jpg" in page and "broken.png" in page and "Grad-CAM++" in page
     for link in (
@@ -70,13 +70,14 @@ def test_audit_custom_model_with_a_target(folder, tmp_path, capsys):
     (tmp_path / "labels.txt").write_text("nurse\ndoctor\n")
     (folder / "broken.png").unlink()
     (folder / "coffee.jpg").unlink()
-    out = tmp_path / "out"
     argv = [str(folder), "--arch", "resnet18", "--weights", str(tmp_path / "w.safetensors")]
     argv += ["--labels", str(tmp_path / "labels.txt"), "--methods", "gradcam", "--target", "doctor"]
-    assert main(argv + ["--steps", "0", "--out", str(out)]) == 0
+    assert main(argv + ["--steps", "0", "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out" / "images"
     (row,) = read_csv(out / "audit.csv")
     assert row["target"] == "doctor" and row["prediction"] in ("nurse", "doctor")
-    assert row["gradcam_deletion_auc"] == "" and "gradcam_energy_in_box" not in row  # skipped, no box
+    assert row["gradcam_deletion_auc_fraction"] == ""  # --steps 0: not computed
+    assert not any("energy_in_box" in column for column in row)  # no box
     assert "resnet18 (custom)" in (out / "index.html").read_text()
 
 
@@ -84,13 +85,16 @@ def test_audit_custom_model_with_a_target(folder, tmp_path, capsys):
     "extra, message",
     [
         (["--box", "10,10,5,20"], "empty or negative"),
-        (["--box", "0,0,300,300"], "outside the model input"),
+        (
+            ["--box", "0,0,300,300"],
+            "--box 0,0,300,300 reaches outside the model input, 224×224: keep x1 <= 224",
+        ),
         (["--methods", "gradcamm"], "Unknown method 'gradcamm'"),
         (["--model", "resnet-18"], "Unknown model"),
         (["--arch", "resnet18"], "needs --weights and --labels"),
         (["--target", "unicorn"], "no class named 'unicorn'"),
         (["--layer", "_bn2"], "no layer named '_bn2'"),
-        (["--steps", "-1"], "--steps"),
+        (["--steps", "-1"], "--steps -1: give 0 (skip deletion/insertion) or more"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(folder, tmp_path, capsys, extra, message):
@@ -101,11 +105,13 @@ def test_bad_arguments_exit_2_with_one_line(folder, tmp_path, capsys, extra, mes
 
 def test_missing_or_empty_folder(tmp_path, capsys):
     assert main([str(tmp_path / "nowhere")]) == 2
-    assert "No such folder" in capsys.readouterr().err
+    assert f"No such folder: {tmp_path / 'nowhere'}" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.md").write_text("no images here")
     assert main([str(tmp_path / "empty")]) == 2
-    assert "No images" in capsys.readouterr().err
+    assert "subfolders are not searched" in capsys.readouterr().err
+    assert main([str(tmp_path / "empty" / "readme.md")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_command_line_error_has_no_traceback(tmp_path):
@@ -118,3 +124,56 @@ def test_command_line_error_has_no_traceback(tmp_path):
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_units_stated_non_images_listed_and_audits_kept_apart(folder, tmp_path, capsys):
+    (folder / "broken.png").unlink()
+    (folder / "README.md").write_text("# my photos")
+    (folder / "more").mkdir()
+    out = tmp_path / "out"
+    assert main([str(folder), "--methods", "gradcam", "--steps", "2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    # Every entry that is not audited is named, on one line, before the progress bar.
+    (note,) = [line for line in err.splitlines() if line.startswith("skipped 3 entries")]
+    assert note.endswith(": README.md, more/, notes.txt")
+    assert "README.md, more/, notes.txt" in (out / "images" / "index.html").read_text()
+    # One unit throughout: each number column names it, and the values are fractions (or 0/1 flags).
+    rows = read_csv(out / "images" / "audit.csv")
+    numeric = [c for c in rows[0] if c not in ("image", "status", "prediction", "target")]
+    assert numeric and all(c.endswith(("_fraction", "_flag")) for c in numeric)
+    assert all(0 <= float(row[c]) <= 1 for row in rows for c in numeric)
+    # The drops as fractions average to the folder's Average Drop, which the terminal prints in %.
+    drops = [float(row["gradcam_average_drop_fraction"]) for row in rows]
+    printed = float(re.search(r"gradcam: Average Drop ([\d.]+)%", captured.out).group(1))
+    assert abs(100 * sum(drops) / len(drops) - printed) <= 0.05 + 1e-9
+    # A second folder into the same --out gets its own run folder; nothing of the first is touched.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(SAMPLES_DIR / "rocket.jpg", other / "rocket.jpg")
+    assert main([str(other), "--methods", "gradcam", "--steps", "0", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["images", "other"]
+    assert [
+        float(row["gradcam_average_drop_fraction"]) for row in read_csv(out / "images" / "audit.csv")
+    ] == drops
+    assert sorted(p.name for p in (out / "other" / "overlays").iterdir()) == [
+        "0000_rocket.png",
+        "0000_rocket_gradcam.png",
+    ]
+    # The same folder again, with fewer images: the old overlays go.
+    (folder / "coffee.jpg").unlink()
+    assert main([str(folder), "--methods", "gradcam", "--steps", "0", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "images" / "overlays").iterdir()) == [
+        "0000_cat_one.png",
+        "0000_cat_one_gradcam.png",
+    ]
+
+
+def test_html_is_styled_inline_and_full_width(folder, tmp_path):
+    (folder / "broken.png").unlink()
+    (folder / "coffee.jpg").unlink()
+    assert main([str(folder), "--methods", "gradcam", "--steps", "0", "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "images" / "index.html").read_text()
+    assert "<style>" in page and "table{width:100%" in page and 'name="viewport"' in page
+    # Offline: no stylesheet, font or script from elsewhere.
+    assert "http://" not in page and "https://" not in page and "<script" not in page and "<link" not in page

@@ -47,9 +47,7 @@ def wait_for_overlays(page, image: str, *titles: str) -> None:
 
 
 def choose_method(page, title: str) -> None:
-    page.get_by_role("combobox", name="Methods").click()
-    page.get_by_role("option", name=title, exact=True).click()
-    page.keyboard.press("Escape")
+    page.locator('[data-testid="stSidebar"]').get_by_role("button", name=title, exact=True).click()
 
 
 def png_file(path: Path) -> Path:

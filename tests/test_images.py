@@ -82,7 +82,7 @@ def test_truncated_file(fmt: str) -> None:
 def test_empty_input(tmp_path: Path) -> None:
     (tmp_path / "empty.jpg").write_bytes(b"")
     for source in (b"", io.BytesIO(b""), tmp_path / "empty.jpg"):
-        with pytest.raises(ImageError, match="^The image file is empty.$"):
+        with pytest.raises(ImageError, match=r"^The image file is empty \(0 bytes\)\. Choose another file"):
             load_image(source)
 
 
@@ -93,7 +93,9 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_too_small() -> None:
     data = encode(Image.new("RGB", (1, 1)), "PNG")
-    with pytest.raises(ImageError, match="^The image is 1×1 pixels; it needs to be at least 16×16.$"):
+    with pytest.raises(
+        ImageError, match="^The image is 1×1 pixels; it needs to be at least 16×16. Use a larger image.$"
+    ):
         load_image(data)
     assert load_image(encode(Image.new("RGB", (16, 16)), "PNG")).size == (16, 16)
 
@@ -252,3 +254,21 @@ def test_palette_transparency_becomes_white(fmt: str) -> None:
 def test_content_hash() -> None:
     assert content_hash(b"") == hashlib.sha256(b"").hexdigest()
     assert content_hash(b"a") != content_hash(b"b") and len(content_hash(b"a")) == 64
+
+
+@pytest.mark.parametrize(
+    "source, fix",
+    [
+        (b"hello, this is text\n" * 20, "Save it in one of these formats."),
+        (encode(gradient((200, 150)), "JPEG")[:-400], "save or download it again."),
+        (png_header(7000, 7000), "Downscale it below the limit."),
+        (png_header(100_000, 100_000), "Downscale it and try again."),
+        (Path("/nonexistent/missing.png"), "Check the path and its permissions."),
+    ],
+    ids=["not-an-image", "truncated", "over-the-limit", "bomb", "missing"],
+)
+def test_every_error_says_what_to_do(source, fix: str) -> None:
+    with pytest.raises(ImageError) as info:
+        load_image(source)
+    message = str(info.value)
+    assert message.endswith(fix) and ".." not in message and "\n" not in message
