@@ -21,6 +21,7 @@ class WeightedActivationCAM(Method):
     """Base of the CAMs: ReLU of the activation weighted channel- or element-wise."""
 
     kind = "cam"
+    reads_gradient = True
 
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """Channel weights (k, C) or element-wise weights (k, C, h, w)."""
@@ -116,6 +117,7 @@ class ClassActivationMap(WeightedActivationCAM):
 
     name = "cam"
     title = "CAM"
+    reads_gradient = False
 
     def layer_weights(self, evidence: Evidence, layer: str) -> torch.Tensor:
         linear = final_linear(evidence.model)

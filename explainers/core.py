@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainers.capture import Captured, capture_targets, model_device
+from explainers.capture import Captured, capture_targets, model_device, parse_target
 from explainers.errors import ExplainerInputError, MethodError, TargetError, did_you_mean
 
 T = TypeVar("T")
@@ -92,6 +92,12 @@ class Evidence:
             logits = self.model(self.x)
         missing = [name for name in self.layers if name not in captured]
         if missing:
+            target = parse_target(missing[0])
+            if target.part == "relu":
+                raise ExplainerInputError(
+                    f"No ReLU is applied to the output of {target.module!r} (it is rectified already, "
+                    f"or its activation is not a ReLU); use {target.module!r} itself, or another layer."
+                )
             raise ExplainerInputError(f"Layer {missing[0]!r} did not run in the forward pass.")
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise ExplainerInputError("The model must return class scores of shape (1, num_classes).")
@@ -165,6 +171,7 @@ class Method:
     name: ClassVar[str]
     kind: ClassVar[str] = "cam"
     title: ClassVar[str] = ""
+    reads_gradient: ClassVar[bool] = False  # its map is blank where no gradient reaches the layer
 
     def compute(self, evidence: Evidence, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (raw, map), each with a leading dimension of one entry per target class.

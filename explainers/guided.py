@@ -196,6 +196,7 @@ class GuidedGradCAM(RectifiedGradient):
 
     name = "guided_gradcam"
     title = "Guided Grad-CAM"
+    reads_gradient = True
     cam = "gradcam"
 
 
@@ -205,6 +206,7 @@ class GuidedGradCAMPlusPlus(RectifiedGradient):
 
     name = "guided_gradcam++"
     title = "Guided Grad-CAM++"
+    reads_gradient = True
     cam = "gradcam++"
 
 

@@ -236,6 +236,7 @@ class ScoreCAM(WeightedActivationCAM):
 
     name = "scorecam"
     title = "Score-CAM"
+    reads_gradient = False  # masked forward passes (its max_channels choice aside)
 
     def layer_weights(self, evidence: Evidence, layer: str) -> torch.Tensor:
         if evidence.counterfactual:

@@ -240,15 +240,25 @@ def run_explanation(
         errors=errors,
         seconds=time.perf_counter() - start,
         device=device_name(evidence.device),
-        notes=_notes(evidence, layer),
+        notes=_notes(evidence, layer, list(maps)),
     )
 
 
-def _notes(evidence: Evidence, layer: str) -> dict[str, str]:
+# Why a gradient CAM is blank when the class score does not depend on the layer's positions.
+NO_GRADIENT = (
+    "blank: no gradient reaches this layer from the class score (e.g. after ViT's last attention "
+    "only the class token feeds the head); choose an earlier layer"
+)
+
+
+def _notes(evidence: Evidence, layer: str, methods: list[str]) -> dict[str, str]:
+    notes = {}
+    if "_gradients" in vars(evidence) and not evidence.gradients(layer).any():
+        notes = {name: NO_GRADIENT for name in methods if METHODS[name].reads_gradient}
     run = evidence.extras.get("scorecam", {}).get(layer)
-    if run is None or run.approximation is None:
-        return {}
-    return {"scorecam": f"approximation ({run.channels} of {run.layer_channels} channels)"}
+    if run is not None and run.approximation is not None:
+        notes["scorecam"] = f"approximation ({run.channels} of {run.layer_channels} channels)"
+    return notes
 
 
 def render_panel(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -55,14 +56,42 @@ class Target:
     part: str  # "output", "input", "relu" or "final"
 
 
+STAGE_NAME = re.compile(r"stage\s*(\d+)", re.IGNORECASE)
+
+
 def parse_target(name: str) -> Target:
-    """``"final"``, ``"layer4"``, ``"fc:input"``, ``"_bn1:relu"`` (``"x:output"`` = ``"x"``)."""
+    """``"final"``, ``"layer4"``, ``"fc:input"``, ``"_bn1:relu"`` (``"x:output"`` = ``"x"``).
+
+    Raises:
+        LayerError: a suffix on ``"final"``, which is a tensor, not a module.
+    """
     if name == FINAL:
         return Target(name, "", FINAL)
     module, colon, part = name.rpartition(":")
     if colon and module and part in _PARTS:
+        if module == FINAL:
+            raise LayerError(f"{name!r}: 'final' is the final feature map itself and takes no ':{part}'.")
         return Target(name, module, part)
     return Target(name, name, "output")
+
+
+def resolve_stage(model: nn.Module, name: str, input_shape: Sequence[int] | None) -> str:
+    """``"stage 2"`` (or ``"stage2"``) -> that stage's target name; other names as they are.
+
+    Raises:
+        LayerError: no such stage (the message names the stages there are).
+    """
+    match = STAGE_NAME.fullmatch(name.strip())
+    if match is None or name in dict(model.named_modules()) or input_shape is None:
+        return name
+    stages = anatomy(model, input_shape).stages
+    index = int(match.group(1))
+    if not 1 <= index <= len(stages):
+        raise LayerError(
+            f"There is no {name!r}: this model has stages 1 to {len(stages)} (shallow to deep, the "
+            f"last is {stages[-1].name!r}); or use 'final', or a module name."
+        )
+    return stages[index - 1].name
 
 
 # ---------------------------------------------------------------------------- calls the modes see
@@ -351,7 +380,10 @@ def capture_targets(
             than once, or no final feature map.
     """
     owner = threading.get_ident()
-    targets = [check_target(model, name) for name in dict.fromkeys(names)]
+    targets = []
+    for name in dict.fromkeys(names):
+        found = check_target(model, resolve_stage(model, name, input_shape))
+        targets.append(Target(name, found.module, found.part))  # captured under the name asked for
     captured: dict[str, Captured] = {}
 
     def keep(target: Target, tensor: object) -> torch.Tensor:
@@ -525,6 +557,16 @@ class _Record(NamedTuple):
     output: torch.Tensor
 
 
+_ANATOMIES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Anatomy]] = weakref.WeakKeyDictionary()
+
+
+def anatomy(model: nn.Module, input_shape: Sequence[int]) -> Anatomy:
+    """`probe`'s result, cached per model and input shape (the model is never modified)."""
+    with _final_lock:
+        known = _ANATOMIES.get(model, {}).get(tuple(input_shape))
+    return known if known is not None else probe(model, input_shape)
+
+
 def probe(model: nn.Module, input_shape: Sequence[int]) -> Anatomy:
     """Run one forward pass on a zero image and find the model's candidate targets.
 
@@ -592,7 +634,10 @@ def probe(model: nn.Module, input_shape: Sequence[int]) -> Anatomy:
         tensor = recorder.final[1]
         final = _info(tensor, FINAL, recorder.is_nonnegative(tensor), "final feature map")
     stages = _stage_ends(records, outermost, candidates, final)
-    return Anatomy(final, tuple(stages), tuple(layer for _, layer in reversed(candidates)))
+    found = Anatomy(final, tuple(stages), tuple(layer for _, layer in reversed(candidates)))
+    with _final_lock:
+        _ANATOMIES.setdefault(model, {})[key] = found
+    return found
 
 
 def _rearranges(record: _Record) -> bool:
@@ -604,6 +649,11 @@ def _rearranges(record: _Record) -> bool:
         and source.numel() == record.output.numel()
         and source.shape != record.output.shape
     )
+
+
+def _spatial(tensor: torch.Tensor) -> tuple[int, int]:
+    """(h, w) of a 4-D tensor read as a feature map (channels-last maps permuted)."""
+    return tuple(feature_map_view(tensor, "")(tensor).shape[-2:])
 
 
 def _info(tensor: torch.Tensor, name: str, rectified: bool, title: str = "") -> LayerInfo | None:
@@ -634,12 +684,14 @@ def _stage_ends(
         source, output = record.source, record.output
         if not isinstance(source, torch.Tensor) or source.ndim != 4 or output.ndim != 4:
             continue
-        if not (output.shape[-2] < source.shape[-2] and output.shape[-1] < source.shape[-1]):
+        size, smaller = _spatial(source), _spatial(output)
+        # A downsampling: both sides at most 3/4 (a "valid" convolution's 149 -> 147 is not), and
+        # not a global pooling (squeeze-and-excitation gates pool every block to 1 x 1).
+        if smaller[0] * smaller[1] <= 1 or smaller[0] > 0.75 * size[0] or smaller[1] > 0.75 * size[1]:
             continue
         producer = outermost.get(id(source))
         if producer is None or producer.name not in by_name:
             continue
-        size = tuple(source.shape[-2:])
         if size not in ends or producer.time < ends[size][0]:
             ends[size] = (producer.time, record.time, by_name[producer.name][1])
     stages = []

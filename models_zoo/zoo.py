@@ -22,8 +22,8 @@ from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from models_zoo.errors import ExplainerInputError, did_you_mean
-from models_zoo.targets import LayerInfo, check_target, probe
+from models_zoo.errors import ExplainerInputError, LayerError, did_you_mean
+from models_zoo.targets import STAGE_NAME, LayerInfo, check_target, probe
 from models_zoo.untrained import make_untrained
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -176,13 +176,23 @@ class ZooModel:
         return sorted((layer for layer in self._layers if layer.title), key=lambda layer: -layer.shape[1])
 
     def resolve_layer(self, name: str) -> str:
-        """A target name for a picker label's words: "stage 3" or "stage3" -> that stage's name;
-        other names come back as they are."""
-        compact = name.replace(" ", "").lower()
-        for layer in self._layers:
-            if layer.title and layer.title.replace(" ", "").lower() == compact:
-                return layer.name
-        return name
+        """A target name for a picker label's words: "stage 3" or "stage3" -> that stage's name
+        (`stages`, shallow to deep); other names come back as they are.
+
+        Raises:
+            LayerError: no such stage; the message names the stages there are.
+        """
+        match = STAGE_NAME.fullmatch(name.strip())
+        if match is None or name in dict(self.model.named_modules()):
+            return name
+        stages = self.stages()
+        index = int(match.group(1))
+        if not 1 <= index <= len(stages):
+            raise LayerError(
+                f"There is no {name!r}: {self.name} has stages 1 to {len(stages)} (shallow to deep, the "
+                f"last is {stages[-1].name!r}); or use 'final', or a layer name."
+            )
+        return stages[index - 1].name
 
     @property
     def device(self) -> torch.device:
@@ -345,6 +355,10 @@ def wrap_model(
     chosen = default_layer or (layers[0].name if layers else None)
     if chosen is None:
         raise ModelError(f"{name} has no convolutional feature maps to explain.")
+    if anatomy.final is None and default_layer:
+        # No map is pooled (ViT reads its class token): the recommended layer is the one stage;
+        # resolution stages do not apply to a token grid.
+        layers = [layer._replace(title="recommended" if layer.name == chosen else "") for layer in layers]
     # The recommended target leads the picker's list.
     layers = sorted(layers, key=lambda layer: layer.name != chosen)
     return ZooModel(name, model, preprocessing, tuple(labels), chosen, input_size, trained, tuple(layers))

@@ -326,3 +326,56 @@ def test_every_method_and_multi_call_works_at_function_targets(x):
         8,
         8,
     )
+
+
+class ClassTokenOnly(Tokens):
+    """ViT's head: only the class token is read, so the patch tokens after the last mixing get
+    no gradient at all."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1)
+        mixed = tokens + tokens.mean(1, keepdim=True)  # "attention": every token sees every other
+        return self.head(self.norm(mixed + torch.tanh(self.block(mixed)))[:, 0])
+
+
+def test_a_blank_map_says_when_no_gradient_reaches_the_layer(chelsea):
+    from explainers.service import NO_GRADIENT, run_explanation
+    from models_zoo import Preprocessing, wrap_model
+
+    tiny = Preprocessing(16, 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    zoo = wrap_model("tokens", build(ClassTokenOnly), tiny, ("a", "b", "c"), default_layer="block")
+    assert zoo.stages() == [layer for layer in zoo.layers() if layer.name == "block"]  # no map is pooled
+    blank = run_explanation(zoo, chelsea, "norm", ["gradcam", "layercam"])
+    assert blank.notes == {"gradcam": NO_GRADIENT, "layercam": NO_GRADIENT}
+    assert not blank.maps["gradcam"].any()
+    before = run_explanation(zoo, chelsea, "patches", ["gradcam"])
+    assert before.notes == {} and before.maps["gradcam"].any()
+
+
+def test_stage_ends_skip_squeeze_excitation_pools_and_valid_convolutions_and_see_channels_last():
+    from torchvision.models import efficientnet_b0, inception_v3, swin_t
+
+    def sizes(model: nn.Module, side: int) -> list[int]:
+        torch.manual_seed(0)
+        return [layer.shape[1] for layer in probe(frozen(model), (3, side, side)).stages]
+
+    assert sizes(efficientnet_b0(), 224) == [112, 56, 28, 14, 7]
+    assert sizes(swin_t(), 224) == [56, 28, 14, 7]  # channels-last PatchMerging shrinks the grid
+    assert sizes(inception_v3(init_weights=False, aux_logits=False), 299) == [147, 71, 35, 17, 8]
+
+
+def test_stage_names_and_suffix_errors_are_clear(x):
+    torch.manual_seed(0)
+    model = frozen(resnet18())
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(
+        explain(model, x, "stage 2", ["gradcam"]).maps["gradcam"],
+        explain(model, x, "layer1", ["gradcam"]).maps["gradcam"],
+    )
+    with pytest.raises(LayerError, match="stages 1 to 5"):
+        explain(model, x, "stage 9", ["gradcam"])
+    with pytest.raises(LayerError, match="takes no ':relu'"):
+        explain(model, x, "final:relu", ["gradcam"])
+    with pytest.raises(ValueError, match="No ReLU is applied to the output of 'layer4'"):
+        explain(model, x, "layer4:relu", ["gradcam"])
