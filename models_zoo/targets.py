@@ -472,7 +472,7 @@ class LayerInfo(NamedTuple):
             return f"{self.name}  ({size})"
         if self.name == FINAL:
             return f"{self.title} ({size})"
-        return f"{self.title} · {h}×{w} — {self.name}  ({c} channels)"
+        return f"{self.title} · {h}×{w} — {self.name}"  # short: the sidebar cuts long labels
 
 
 @dataclass(frozen=True)
