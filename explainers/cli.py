@@ -72,7 +72,7 @@ def load_zoo(args: argparse.Namespace):
     Raises:
         ExplainerInputError: an incomplete custom model, an unknown name, or any loading error.
     """
-    from models_zoo import load_custom_model
+    from models_zoo import ModelError, load_custom_model
     from models_zoo.folder import load_named
 
     custom = {"--arch": args.arch, "--weights": args.weights, "--labels": args.labels}
@@ -85,4 +85,7 @@ def load_zoo(args: argparse.Namespace):
                 "Or leave out all three to use a zoo model (--model)."
             )
         return load_custom_model(args.arch, args.weights, args.labels)
-    return load_named(args.model, getattr(args, "models_dir", None))
+    try:
+        return load_named(args.model, getattr(args, "models_dir", None))
+    except ModelError as error:  # an unknown name: say where the names are listed
+        raise ModelError(f"{error} `python -m explainers --list-models` lists them all.") from error

@@ -23,11 +23,10 @@ from explainers.core import explain
 from explainers.formats import CORRELATION, PERCENT, RATIO, number, shown
 from explainers.images import load_image
 from explainers.metrics import class_scores, saliency, spearman
-from explainers.multi import explain_classes, fuse_layers, stage_ends, sweep
+from explainers.multi import explain_classes, fuse_layers, sweep
 from explainers.render import overlay, to_numpy
 from explainers.samples import SAMPLES_DIR
 from models_zoo import ZooModel
-from models_zoo.names import layer_name
 
 CARTON = 478  # ImageNet "carton": the class ImageNet-W's watermark triggers
 
@@ -755,11 +754,12 @@ def depth_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     Shallow Grad-CAM's density is shown beside it, for comparison.
     """
     image, x, crop = inputs(zoo, image, "chelsea.jpg")
-    layers = stage_ends(zoo.model, zoo.input_size)
+    titles = {layer.name: layer.title for layer in zoo.stages()}  # found when the model was loaded
+    layers = list(titles)
     results = sweep(zoo.model, x, layers, ["gradcam", "layercam"])  # one forward, one backward
     ordered = list(results)
     deep, shallow = ordered[-1], ordered[0]
-    shown_as = {layer: layer_name(layer) for layer in ordered}  # "_blocks.0" reads "blocks › 0"
+    shown_as = {layer: titles[layer] for layer in ordered}  # "stage 1", ..., "final feature map"
     # Coarseness: the share of the image where the map is above half its peak.
     area = {layer: float((results[layer].maps["layercam"] > 0.5).float().mean()) for layer in ordered}
     # Where the class is, by the deep map; how densely each shallow map covers it (1.0× is chance).

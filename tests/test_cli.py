@@ -175,7 +175,7 @@ def test_run_folder_names():
     [
         (["{sample}", "--methods", ","], "--methods ','", "--methods gradcam,gradcam++"),
         (["{sample}", "--model", "resnet5O"], "'resnet5O'", "--list-models"),
-        (["{sample}", "--weights", "w.pt"], "--arch and --labels are missing", "leave out all three"),
+        (["{sample}", "--weights", "w.pt"], "--labels is missing", "leave out all three"),
         (["{empty}"], "empty.jpg", "save or upload it again"),
         (["{sample}", "--out", "{file}"], "Cannot write to", "Choose a folder you can write to"),
         (["nowhere.jpg"], "nowhere.jpg", "Check the path"),

@@ -456,7 +456,7 @@ def test_the_cli_explains_a_folder_model_by_name(folder, tmp_path, capsys):
     image = str(ROOT / "assets" / "samples" / "chelsea.jpg")
     out = tmp_path / "out"
     assert main([image, "--model", "effnet", "--models-dir", str(folder), "--out", str(out)]) == 0
-    summary = json.loads((out / "predictions.json").read_text())
+    summary = json.loads((out / "chelsea" / "predictions.json").read_text())  # the image's own folder
     assert summary["model"] == "effnet" and {p["label"] for p in summary["top5"]} == {"cat", "dog"}
     assert main([image, "--model", "efnet", "--models-dir", str(folder), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
