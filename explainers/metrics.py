@@ -54,6 +54,17 @@ class Curves(TypedDict):
     insertion_auc: float
 
 
+def make_curves(fractions: torch.Tensor, deletion: torch.Tensor, insertion: torch.Tensor) -> Curves:
+    """`Curves` with their areas (trapezoid rule)."""
+    return Curves(
+        fractions=fractions,
+        deletion=deletion,
+        insertion=insertion,
+        deletion_auc=auc(fractions, deletion),
+        insertion_auc=auc(fractions, insertion),
+    )
+
+
 @dataclass(frozen=True)
 class Faithfulness:
     """All faithfulness scores of one map on one image.
@@ -418,13 +429,7 @@ def deletion_insertion(
 
     deletion = torch.cat(list(_scores(model, images(x, fill), target)))
     insertion = torch.cat(list(_scores(model, images(start, x), target)))
-    return Curves(
-        fractions=fractions,
-        deletion=deletion,
-        insertion=insertion,
-        deletion_auc=auc(fractions, deletion),
-        insertion_auc=auc(fractions, insertion),
-    )
+    return make_curves(fractions, deletion, insertion)
 
 
 def auc(fractions: torch.Tensor, scores: torch.Tensor) -> float:
@@ -558,13 +563,7 @@ def faithfulness(
         }
         deletion = torch.cat([scores[:1], inner["deletion"], scores[index[("baseline",)]][None]])
         insertion = torch.cat([scores[index[("blurred",)]][None], inner["insertion"], scores[:1]])
-        return Curves(
-            fractions=fractions,
-            deletion=deletion,
-            insertion=insertion,
-            deletion_auc=auc(fractions, deletion),
-            insertion_auc=auc(fractions, insertion),
-        )
+        return make_curves(fractions, deletion, insertion)
 
     results = {}
     for name in names:

@@ -81,11 +81,22 @@ def resolve_stage(model: nn.Module, name: str, input_shape: Sequence[int] | None
     Raises:
         LayerError: no such stage (the message names the stages there are).
     """
-    match = STAGE_NAME.fullmatch(name.strip())
-    if match is None or name in dict(model.named_modules()) or input_shape is None:
+    if (
+        input_shape is None
+        or STAGE_NAME.fullmatch(name.strip()) is None
+        or name in dict(model.named_modules())
+    ):
         return name
-    stages = anatomy(model, input_shape).stages
-    index = int(match.group(1))
+    return pick_stage(name, anatomy(model, input_shape).stages)
+
+
+def pick_stage(name: str, stages: Sequence[LayerInfo]) -> str:
+    """The target of ``"stage N"`` among ``stages`` (shallow to deep).
+
+    Raises:
+        LayerError: no such stage; the message names the stages there are.
+    """
+    index = int(STAGE_NAME.fullmatch(name.strip()).group(1))
     if not 1 <= index <= len(stages):
         raise LayerError(
             f"There is no {name!r}: this model has stages 1 to {len(stages)} (shallow to deep, the "

@@ -22,8 +22,8 @@ from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from models_zoo.errors import ExplainerInputError, LayerError, did_you_mean
-from models_zoo.targets import STAGE_NAME, LayerInfo, check_target, probe
+from models_zoo.errors import ExplainerInputError, did_you_mean
+from models_zoo.targets import STAGE_NAME, LayerInfo, check_target, pick_stage, probe
 from models_zoo.untrained import make_untrained
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -182,17 +182,9 @@ class ZooModel:
         Raises:
             LayerError: no such stage; the message names the stages there are.
         """
-        match = STAGE_NAME.fullmatch(name.strip())
-        if match is None or name in dict(self.model.named_modules()):
+        if STAGE_NAME.fullmatch(name.strip()) is None or name in dict(self.model.named_modules()):
             return name
-        stages = self.stages()
-        index = int(match.group(1))
-        if not 1 <= index <= len(stages):
-            raise LayerError(
-                f"There is no {name!r}: {self.name} has stages 1 to {len(stages)} (shallow to deep, the "
-                f"last is {stages[-1].name!r}); or use 'final', or a layer name."
-            )
-        return stages[index - 1].name
+        return pick_stage(name, self.stages())
 
     @property
     def device(self) -> torch.device:
