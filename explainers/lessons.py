@@ -668,8 +668,8 @@ def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
                 Panel("guided backprop, random weights", guided_to_image(maps["guided_backprop"])),
             ],
             measurements={},
-            holds=False,
-            verdict="Not measurable here. " + judge_untrained(),
+            holds=None,  # cannot judge
+            verdict=judge_untrained(),
         )
     result = sanity_check(
         zoo.model,
@@ -683,13 +683,13 @@ def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     verdicts = {m: judge(result, m, zoo.trained) for m in methods}
     unmeasurable = [f"{methods[m]}: {v.reason}" for m, v in verdicts.items() if v.status == "cannot judge"]
     holds = (
-        not unmeasurable
-        and verdicts["gradcam"].status == "changes"
-        and verdicts["guided_backprop"].status == "stays"
+        None
+        if unmeasurable
+        else (verdicts["gradcam"].status == "changes" and verdicts["guided_backprop"].status == "stays")
     )
     steps = f"the top {len(result.steps)} units ({', '.join(result.step_names)})"
     if unmeasurable:
-        verdict = "Not measurable here. " + " ".join(unmeasurable)
+        verdict = " ".join(unmeasurable)
     else:
         numbers = "; ".join(
             f"{title}: " + ", ".join(f"{MEASURES[k]} {verdicts[m].overall[k]:.2f}" for k in JUDGED)

@@ -287,6 +287,6 @@ def test_sanity_lesson_fails_when_no_map_depends_on_the_randomised_layers():
 def test_sanity_lesson_is_not_measurable_on_random_weights():
     torch.manual_seed(0)
     lesson = sanity_lesson(load_model("efficientnet_lite0", weights=None, device="cpu"))
-    assert not lesson.holds
-    assert lesson.verdict.startswith("Not measurable here.") and "random weights" in lesson.verdict
+    assert lesson.holds is None  # cannot judge, shown as such on the page
+    assert "random weights" in lesson.verdict
     assert "as claimed" not in lesson.verdict and not lesson.measurements
