@@ -138,8 +138,6 @@ def sidebar_image() -> ImageChoice:
         key="upload",
         max_upload_size=IMAGE_LIMIT_MB,
     )
-    # The uploader cuts its hint ("20MB per file • PNG, JPG, WEBP, B…") to one line; let it wrap.
-    st.sidebar.html(UPLOAD_HINT_WRAPS)
     samples = list_samples()
     sample = st.sidebar.selectbox(
         "…or pick a sample",
@@ -786,6 +784,8 @@ def main() -> None:
     # icon as favicon and fetches it from fonts.gstatic.com (fails offline). In the sidebar the
     # material icons come from a font Streamlit serves itself. The pages set no icon of their own.
     st.set_page_config(page_icon=str(ICON))
+    # Every page's uploader cuts its hint ("20MB per file • PNG, JPG, WEBP, B…") to one line; let it wrap.
+    st.html(UPLOAD_HINT_WRAPS)
     pages = [
         st.Page(explore, title="Explore", icon=":material/image_search:", default=True),
         st.Page("app_pages/1_Trust.py", title="Trust & bias", icon=":material/balance:", url_path="Trust"),
