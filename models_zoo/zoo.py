@@ -205,11 +205,15 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 def _torchvision_spec(name: str) -> ModelSpec:
     weights = get_model_weights(name).DEFAULT
 
+    # ViT's position embeddings fix its input size: untrained, it must be built at the size the
+    # pretrained weights (and so the preprocessing) use, e.g. 518 for ViT-H/14's SWAG weights.
+    sized = {"image_size": weights.meta["min_size"][0]} if name.startswith("vit_") else {}
+
     def build(which: str | None) -> nn.Module:
         if which is None:
             with warnings.catch_warnings():  # GoogLeNet/Inception warn about their init scheme
                 warnings.simplefilter("ignore", FutureWarning)
-                return get_model(name, weights=None)
+                return get_model(name, weights=None, **sized)
         filename = Path(weights.url).name
         folder = Path(torch.hub.get_dir()) / "checkpoints"
         try:
