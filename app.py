@@ -1,4 +1,4 @@
-"""CAM Explorer: the Streamlit page. UI only: `explainers.service` computes, this file draws.
+"""CAM Explorer: the Streamlit page. UI only: `explainers.services.service` computes, this file draws.
 
 Run with `streamlit run app.py`. The sidebar functions draw widgets and return the choices;
 the render functions draw results. Models are cached per server process, explanations by their
@@ -36,12 +36,13 @@ from app_cache import (
     load_custom,
     scorecam_results,
 )
-from explainers import ExplainerInputError, service
+from explainers import ExplainerInputError
 from explainers.errors import Cancelled
-from explainers.figures import curves_figure, heatmap_figure, predictions_figure
-from explainers.render import COLORMAPS, overlay
-from explainers.samples import list_samples
-from explainers.service import ExplanationResult, FaithfulnessScore, Prediction
+from explainers.services import service
+from explainers.services.figures import curves_figure, heatmap_figure, predictions_figure
+from explainers.services.render import COLORMAPS, overlay
+from explainers.services.samples import list_samples
+from explainers.services.service import ExplanationResult, FaithfulnessScore, Prediction
 from models_zoo import ZooModel, list_zoo
 from models_zoo.custom import architectures
 from models_zoo.folder import list_folder_models, models_dir

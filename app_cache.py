@@ -14,8 +14,9 @@ from typing import Generic, TypeVar
 import streamlit as st
 from PIL import Image
 
-from explainers import ExplainerInputError, service
-from explainers.service import (
+from explainers import ExplainerInputError
+from explainers.services import service
+from explainers.services.service import (
     ClassMaps,
     ExplanationResult,
     FaithfulnessScore,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SAMPLES_DIR: Path = Path(__file__).resolve().parent.parent / "assets" / "samples"
+SAMPLES_DIR: Path = Path(__file__).resolve().parents[2] / "assets" / "samples"
 
 # Display name -> file name, in the order the app offers them: the classic cat first, then the
 # two Grad-CAM++ collages, then the rest.

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from explainers.core import Evidence, Method, batched_grad, register
 from explainers.errors import MethodError
+from explainers.methods.core import Evidence, Method, batched_grad, register
 from models_zoo.targets import RELU_CALLS
 
 
