@@ -9,8 +9,8 @@ each), then a second one each (fresh again), then the first again: its explanati
 this rerun measures what the page costs without the science. It reports per phase the time from
 upload to the maps shown (p50, p95, max), the sessions that failed (an exception on the page, an
 error, no maps within --timeout), the server's CPU-seconds per request and its resident memory.
---soak K then uploads K different photos one after another in one session and records the
-server's memory after each: whether it levels off.
+--soak K then uploads K different photos one after another, a new session every
+--soak-per-session uploads, and records the server's memory after each: whether it levels off.
 
 The photos are the colour pictures scikit-image ships (no test uses them), cropped, flipped and
 colour-shifted so that every upload is a new image. Everything stays on loopback: --start runs
@@ -210,19 +210,23 @@ async def run_round(
     return phases
 
 
-async def soak(browser, url: str, photos: Sequence[Path], probe: ServerProbe, timeout_s: float) -> list[dict]:
-    """Upload ``photos`` one after another in one session; the server's memory after each."""
-    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = await context.new_page()
+async def soak(
+    browser, url: str, photos: Sequence[Path], probe: ServerProbe, timeout_s: float, per_session: int
+) -> list[dict]:
+    """Upload ``photos`` one after another, ``per_session`` in each new session (a class: each
+    student comes, uploads a few, leaves); the server's memory after each upload."""
     curve = []
-    try:
-        await page.goto(url, timeout=timeout_s * 1000)
-        await page.locator(IDLE).wait_for(timeout=timeout_s * 1000)
-        for i, photo in enumerate(photos, 1):
-            seconds = await upload(page, photo, timeout_s)
-            curve.append({"uploads": i, "seconds": seconds, "rss_mb": probe.memory_mb()})
-    finally:
-        await context.close()
+    for start in range(0, len(photos), per_session):
+        context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = await context.new_page()
+            await page.goto(url, timeout=timeout_s * 1000)
+            await page.locator(IDLE).wait_for(timeout=timeout_s * 1000)
+            for photo in photos[start : start + per_session]:
+                seconds = await upload(page, photo, timeout_s)
+                curve.append({"uploads": len(curve) + 1, "seconds": seconds, "rss_mb": probe.memory_mb()})
+        finally:
+            await context.close()
     return curve
 
 
@@ -292,7 +296,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--server-pid", type=int, help="with --url: the server's process, for CPU and memory")
     parser.add_argument("--sessions", default="1,4,16,32", help="comma-separated N (default: 1,4,16,32)")
-    parser.add_argument("--soak", type=int, default=0, help="uploads one after another in one session")
+    parser.add_argument("--soak", type=int, default=0, help="uploads one after another")
+    parser.add_argument(
+        "--soak-per-session", type=int, default=10, help="soak uploads per session (default 10)"
+    )
     parser.add_argument("--server-cpus", default="0", help="with --start: CPUs for the server (default 0)")
     parser.add_argument("--browser-cpus", default="1", help="CPUs for the browsers (default 1)")
     parser.add_argument(
@@ -317,20 +324,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="cam-load-") as tmp:
-        photos = make_photos(Path(tmp) / "photos", 2 * sum(args.sessions) + args.soak)
-        if args.start:
-            log = (Path(tmp) / "server.log").open("w")
-            with log, streamlit_app(log, args.server_cpus) as (url, pid):
+    affinity = os.sched_getaffinity(0)
+    try:
+        with tempfile.TemporaryDirectory(prefix="cam-load-") as tmp:
+            photos = make_photos(Path(tmp) / "photos", 2 * sum(args.sessions) + args.soak)
+            if args.start:
+                log = (Path(tmp) / "server.log").open("w")
+                with log, streamlit_app(log, args.server_cpus) as (url, pid):
+                    if args.browser_cpus:
+                        os.sched_setaffinity(0, args.browser_cpus)  # the browsers inherit it
+                    report = asyncio.run(measure(args, url, ServerProbe(pid), photos))
+            else:
                 if args.browser_cpus:
-                    os.sched_setaffinity(0, args.browser_cpus)  # the browsers inherit it
-                report = asyncio.run(measure(args, url, ServerProbe(pid), photos))
-        else:
-            if args.browser_cpus:
-                os.sched_setaffinity(0, args.browser_cpus)
-            report = asyncio.run(
-                measure(args, check_loopback(args.url), ServerProbe(args.server_pid), photos)
-            )
+                    os.sched_setaffinity(0, args.browser_cpus)
+                url = check_loopback(args.url)
+                report = asyncio.run(measure(args, url, ServerProbe(args.server_pid), photos))
+    finally:
+        os.sched_setaffinity(0, affinity)
     report["server_cpus"] = sorted(args.server_cpus or [])
     report["browser_cpus"] = sorted(args.browser_cpus or [])
     if args.json:

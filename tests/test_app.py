@@ -14,12 +14,12 @@ import zlib
 from pathlib import Path
 
 import pytest
-import streamlit as st
 import torch
 from conftest import run_page
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import app_cache
 import explainers.services.service
 from app import RANDOM_WEIGHTS_BANNER
 from explainers.services.service import default_methods, method_title
@@ -226,7 +226,7 @@ def test_uploaded_image_is_explained_and_replaces_the_sample():
 
 
 def test_display_changes_do_not_recompute(monkeypatch):
-    st.cache_data.clear()
+    app_cache.clear_caches()
     calls = []
     original = explainers.services.service.run_explanation
 
@@ -319,7 +319,7 @@ def test_top5_classes_come_in_one_section_when_opened(monkeypatch):
     monkeypatch.setattr(
         explainers.services.service, "top_classes", lambda *a, **k: calls.append(a) or original(*a, **k)
     )
-    st.cache_data.clear()
+    app_cache.clear_caches()
     at = open_app()
     assert not calls and not expander_captions(at, "Top-5 classes"), "nothing computed while closed"
     at.session_state["top5_open"] = True
