@@ -222,6 +222,8 @@ def guided_to_image(guided_map: torch.Tensor | np.ndarray) -> np.ndarray:
     Returns:
         The image, (H, W, 3) uint8.
     """
+    if isinstance(guided_map, np.ndarray) and not guided_map.flags.writeable:
+        guided_map = guided_map.copy()  # a shared, read-only result: torch would warn
     m = torch.as_tensor(guided_map).detach().float()
     m = (m - m.mean()) / (m.std(correction=0) + 1e-5) * 0.1 + 0.5
     return (m.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
