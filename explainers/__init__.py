@@ -19,6 +19,7 @@ from explainers.errors import (
     TargetError,
 )
 from explainers.methods import cam, guided, score  # noqa: F401  (register the method families)
+from explainers.methods.batch import explain_batch
 from explainers.methods.core import METHODS, Evidence, Explanation, Method, explain, get_method, register
 from explainers.methods.guided import guided_to_image
 from explainers.methods.multi import explain_classes, fuse_layers, stage_ends, sweep
@@ -40,6 +41,7 @@ __all__ = [
     "ScoreOptions",
     "TargetError",
     "explain",
+    "explain_batch",
     "explain_classes",
     "fuse_layers",
     "get_method",

@@ -15,7 +15,18 @@ import importlib.util
 import sys
 from types import CodeType, ModuleType
 
-METHOD_MODULES = ("core", "cam", "guided", "score", "smooth", "multi", "metrics", "sanity", "capture")
+METHOD_MODULES = (
+    "core",
+    "cam",
+    "guided",
+    "score",
+    "smooth",
+    "multi",
+    "metrics",
+    "sanity",
+    "capture",
+    "batch",
+)
 SERVICE_MODULES = (
     "service",
     "figures",
