@@ -7,7 +7,7 @@
 >>> guided_to_image(result.maps["guided_gradcam"])  # (H, W, 3) uint8, from the raw (H, W, 3) map
 """
 
-from explainers import cam, guided, score  # noqa: F401  (register the method families)
+from explainers import cam, guided, occlusion, score  # noqa: F401  (register the method families)
 from explainers.core import METHODS, Evidence, Explanation, Method, explain, get_method, register
 from explainers.errors import (
     Cancelled,
