@@ -15,6 +15,7 @@ import streamlit as st
 from PIL import Image
 
 from explainers import ExplainerInputError, service
+from explainers.edits import ImageEdit
 from explainers.service import (
     ClassMaps,
     ExplanationResult,
@@ -126,8 +127,10 @@ def get_image(digest: str, _data: bytes) -> Image.Image:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def get_predictions(digest: str, model: str, random_weights: bool, _image: Image.Image) -> list[Prediction]:
-    return service.predict(get_model(model, random_weights), _image)
+def get_predictions(
+    digest: str, model: str, random_weights: bool, _image: Image.Image, edit: ImageEdit | None = None
+) -> list[Prediction]:
+    return service.predict(get_model(model, random_weights), _image, edit=edit)
 
 
 # A few MB per entry (one float map per method): bounded so a long demo cannot fill the memory.
@@ -141,9 +144,11 @@ def get_explanation(
     methods: tuple[str, ...],
     counterfactual: bool,
     _image: Image.Image,
+    edit: ImageEdit | None = None,
 ) -> ExplanationResult:
+    # `edit` (a frozen dataclass) is part of the key: an edited image is explained apart.
     zoo_model = get_model(model, random_weights)
-    return service.run_explanation(zoo_model, _image, layer, methods, target, counterfactual)
+    return service.run_explanation(zoo_model, _image, layer, methods, target, counterfactual, edit=edit)
 
 
 @st.cache_data(max_entries=64, show_spinner="Counting Score-CAM's forward passes…")
@@ -163,6 +168,13 @@ def get_scorecam_plan(
 def scorecam_results() -> BoundedStore[ExplanationResult]:
     # Score-CAM runs outside st.cache_data (it draws a progress bar); its results land here,
     # keyed like the explanations, plus max_channels.
+    return BoundedStore(32)
+
+
+@st.cache_resource
+def occlusion_results() -> BoundedStore[ExplanationResult]:
+    # Occlusion runs outside st.cache_data too (a progress bar); keyed like Score-CAM's results,
+    # plus its window, stride and baseline.
     return BoundedStore(32)
 
 

@@ -18,8 +18,8 @@ Box = tuple[int, int, int, int]
 
 # Fill -> what it puts in the box, for captions.
 FILLS: dict[str, str] = {
-    "blur": "blurred (detail removed, colours kept)",
     "grey": "mid-grey",
+    "blur": "blurred (detail removed, colours kept)",
     "mean": "the image's mean colour",
     "patch": "a patch copied from elsewhere in the image",
 }

@@ -112,6 +112,7 @@ class OcclusionRun:
         rows, cols: window starts (y and x), so position (r, c) covers
             [rows[r], rows[r] + window) × [cols[c], cols[c] + window), cut at the border.
         baseline: what filled the window, as said to the user.
+        baseline_kind: "zero", "blur", "value" (a number) or "tensor".
         score: "probability" or "logit".
         base: (k,) the score of each class on the unchanged input.
         drops: (k, len(rows), len(cols)) score on the input minus score with the window covered
@@ -125,6 +126,7 @@ class OcclusionRun:
     rows: list[int]
     cols: list[int]
     baseline: str
+    baseline_kind: str
     score: str
     base: torch.Tensor
     drops: torch.Tensor
@@ -199,12 +201,15 @@ def _occlude(evidence: Evidence) -> OcclusionRun:
         counts[r : r + window, c : c + window] += 1
     attribution = total_drop / counts
     grid = drops.T.reshape(k, len(rows), len(cols))
+    kind = "tensor" if isinstance(options.baseline, torch.Tensor) else options.baseline
+    kind = kind if kind in ("zero", "blur", "tensor") else "value"
     return OcclusionRun(
         window,
         stride,
         rows,
         cols,
         said,
+        kind,
         options.score,
         base.cpu(),
         grid.cpu(),

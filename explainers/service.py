@@ -298,6 +298,7 @@ class OcclusionGrid:
             (the other way round for a counterfactual).
         base: the class score on the image.
         baseline: what filled the window, in words.
+        baseline_kind: "zero" (the model input's zero), "blur", "value" or "tensor".
         score: "probability" or "logit".
         passes: occluded images scored.
     """
@@ -309,6 +310,7 @@ class OcclusionGrid:
     drops: np.ndarray
     base: float
     baseline: str
+    baseline_kind: str
     score: str
     passes: int
 
@@ -322,6 +324,7 @@ class OcclusionGrid:
             to_numpy(run.drops[0]),
             float(run.base[0]),
             run.baseline,
+            run.baseline_kind,
             run.score,
             run.passes,
         )
@@ -333,6 +336,23 @@ class OcclusionGrid:
             (self.cols[c], self.rows[r], float(self.drops[r, c]))
             for r, c in (np.unravel_index(i, self.drops.shape) for i in order)
         ]
+
+    def covered(self, crop: np.ndarray, left: int, top: int, mean: Sequence[float]) -> np.ndarray:
+        """The crop (H, W, 3) uint8 as the model saw it with the window at (left, top) covered:
+        by the training mean colour ``mean`` (in [0, 1], the model input's zero) or the blurred
+        crop (blurring commutes with the per-channel normalisation). Other baselines are drawn grey.
+        """
+        shown = np.array(crop, dtype=np.uint8, copy=True)
+        box = (slice(top, top + self.window), slice(left, left + self.window))
+        if self.baseline_kind == "zero":
+            colour = np.asarray(mean, dtype=np.float64).reshape(-1)
+            shown[box] = np.uint8(np.clip(np.resize(colour, 3) * 255, 0, 255).round())
+        elif self.baseline_kind == "blur":
+            kernel = 2 * max(1, self.window // 2) + 1
+            shown[box] = cv2.GaussianBlur(crop, (kernel, kernel), self.window / 4)[box]
+        else:
+            shown[box] = 128
+        return shown
 
 
 # Why a gradient CAM is blank when the class score does not depend on the layer's positions.
@@ -349,6 +369,9 @@ def _notes(evidence: Evidence, layer: str, methods: list[str]) -> dict[str, str]
     run = evidence.extras.get("scorecam", {}).get(layer)
     if run is not None and run.approximation is not None:
         notes["scorecam"] = f"approximation ({run.channels} of {run.layer_channels} channels)"
+    occluded = evidence.extras.get("occlusion")
+    if occluded is not None and "occlusion" in methods:
+        notes["occlusion"] = f"window {occluded.window} px, stride {occluded.stride} px"
     return notes
 
 
