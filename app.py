@@ -72,7 +72,8 @@ RANDOM_WEIGHTS_BANNER = (
 PANELS_PER_ROW = 4
 OTHER_CLASS = -1  # the "another class" choice of the class radio
 SCORECAM, OCCLUSION = "scorecam", "occlusion"
-SLOW = (SCORECAM, OCCLUSION)  # drawn last, in their own slots, with a progress bar
+SLOW = (SCORECAM, OCCLUSION)
+LINK_PAGE_OPENED = "link_page_opened"  # in st.session_state: the page a link named was opened  # drawn last, in their own slots, with a progress bar
 OCCLUSION_BASELINES = {
     "zero": "the training set's mean colour (model input 0)",
     "blur": "the image blurred (removes detail, keeps colour)",
@@ -1025,7 +1026,13 @@ def main() -> None:
         st.Page("app_pages/1_Trust.py", title="Trust & bias", icon=":material/balance:", url_path="Trust"),
         st.Page("app_pages/2_Lessons.py", title="Lessons", icon=":material/school:", url_path="Lessons"),
     ]
-    st.navigation(pages).run()
+    page = st.navigation(pages)
+    # A link may name another page (?page=lessons): open it once, as if it had been clicked.
+    linked = {"trust": pages[1], "lessons": pages[2]}.get(str(st.query_params.get("page", "")).lower())
+    if linked is not None and page is pages[0] and not st.session_state.get(LINK_PAGE_OPENED):
+        st.session_state[LINK_PAGE_OPENED] = True
+        st.switch_page(linked)
+    page.run()
 
 
 if __name__ == "__main__":

@@ -396,13 +396,16 @@ class EditOutcome:
 
 
 def default_offset(box: tuple[int, int, int, int], size: tuple[int, int]) -> tuple[int, int]:
-    """Where a patch comes from by default: the box's width to the right, else to the left, else below."""
+    """Where a patch comes from by default: a box's width to the right (else left, below, above);
+    where no whole box fits, as far as the image allows in the direction with the most room."""
     (x0, y0, x1, y1), (width, height) = box, size
-    if x1 + (x1 - x0) <= width:
-        return (x1 - x0, 0)
-    if x0 - (x1 - x0) >= 0:
-        return (x0 - x1, 0)
-    return (0, y1 - y0) if y1 + (y1 - y0) <= height else (0, y0 - y1)
+    w, h = x1 - x0, y1 - y0
+    rooms = {(1, 0): width - x1, (-1, 0): x0, (0, 1): height - y1, (0, -1): y0}
+    for (dx, dy), room in rooms.items():
+        if room >= (w if dx else h):
+            return (dx * w, dy * h)
+    (dx, dy), room = max(rooms.items(), key=lambda item: item[1])
+    return (dx * room, dy * room)
 
 
 def render_edit(
