@@ -29,6 +29,7 @@ from streamlit.delta_generator import DeltaGenerator
 with st.spinner("Starting CAM Explorer: loading PyTorch and the explainers (first visit only)…"):
     import app_cache  # noqa: F401  (everything heavy comes in through it)
 
+import app_teach
 from app_cache import (
     CUSTOM_PREFIX,
     FOLDER_PREFIX,
@@ -44,15 +45,19 @@ from app_cache import (
     get_sweep,
     get_top_classes,
     load_custom,
+    occlusion_results,
     scorecam_results,
 )
 from explainers import ExplainerInputError
 from explainers.errors import Cancelled
+from explainers.methods.occlusion import BASELINES
 from explainers.services import service
 from explainers.services.figures import curves_figure, heatmap_figure, predictions_figure
+from explainers.services.formats import signed
 from explainers.services.render import COLORMAPS, overlay
 from explainers.services.samples import list_samples
-from explainers.services.service import ExplanationResult, FaithfulnessScore, Prediction
+from explainers.services.service import ExplanationResult, FaithfulnessScore, OcclusionSettings, Prediction
+from explainers.services.view_link import ViewLink
 from models_zoo import ZooModel, list_zoo
 from models_zoo.custom import architectures
 from models_zoo.folder import list_folder_models, models_dir
@@ -77,7 +82,13 @@ RANDOM_WEIGHTS_BANNER = (
 )
 PANELS_PER_ROW = 4
 OTHER_CLASS = -1  # the "another class" choice of the class radio
-SCORECAM = "scorecam"
+SCORECAM, OCCLUSION = "scorecam", "occlusion"
+SLOW = (SCORECAM, OCCLUSION)
+LINK_PAGE_OPENED = "link_page_opened"  # in st.session_state: the page a link named was opened  # drawn last, in their own slots, with a progress bar
+OCCLUSION_BASELINES = {
+    "zero": "the training set's mean colour (model input 0)",
+    "blur": "the image blurred (removes detail, keeps colour)",
+}
 # Score-CAM's run request and stop, in st.session_state: the Run button's click asks for a run
 # (it survives reruns caused by other widgets, which restart it); Stop withdraws it.
 SCORECAM_REQUEST, SCORECAM_STOPPED = "scorecam_request", "scorecam_stopped"
@@ -297,6 +308,16 @@ def sidebar_layer(zoo_model: ZooModel) -> str:
 def sidebar_class(predictions: list[Prediction], labels: tuple[str, ...], context: str) -> tuple[int, bool]:
     st.sidebar.header("Class")
     names = {p.index: f"{p.label} ({p.probability:.1%})" for p in predictions}
+    linked = app_teach.take_pending("class")  # a class the link named, now that the model is known
+    if linked is not None and linked < len(labels):
+        st.session_state[f"class:{context}"] = linked if linked in names else OTHER_CLASS
+        if linked not in names:
+            st.session_state[f"other_class:{context}"] = linked
+    elif linked is not None:
+        app_teach.link_warning(
+            f"Link parameter “class”: {linked} is out of range (the model has {len(labels)} classes, 0 to "
+            f"{len(labels) - 1}); the predicted class is used."
+        )
     pick = st.sidebar.radio(
         "Class to explain",
         [*names, OTHER_CLASS],
@@ -347,6 +368,39 @@ def sidebar_scorecam(methods: list[str]) -> int | None:
     if not approximate:
         return None
     return st.sidebar.slider("Channels scored (approximation)", 8, 256, 32, 8, key="scorecam_channels")
+
+
+def sidebar_occlusion(methods: list[str]) -> OcclusionSettings | None:
+    """Occlusion's window, stride and baseline, when it is chosen (in pixels of the model's crop)."""
+    if OCCLUSION not in methods:
+        return None
+    st.session_state.setdefault(app_teach.OCCLUSION_WINDOW, 32)
+    window = st.sidebar.slider(
+        "Occlusion window (px)",
+        4,
+        128,
+        step=4,
+        key=app_teach.OCCLUSION_WINDOW,
+        help="The side of the square that covers the image; larger windows hide whole parts, smaller "
+        "ones details (more passes).",
+    )
+    st.session_state.setdefault(app_teach.OCCLUSION_STRIDE, max(1, window // 2))
+    if st.session_state[app_teach.OCCLUSION_STRIDE] > window:
+        st.session_state[app_teach.OCCLUSION_STRIDE] = max(1, window // 2)
+    stride = st.sidebar.slider(
+        "Occlusion stride (px)",
+        1,
+        window,
+        key=app_teach.OCCLUSION_STRIDE,
+        help="How far the window moves each step; at most the window, so that every pixel is covered.",
+    )
+    baseline = st.sidebar.selectbox(
+        "Occlusion fills the window with",
+        list(BASELINES),
+        format_func=OCCLUSION_BASELINES.get,
+        key=app_teach.OCCLUSION_BASELINE,
+    )
+    return OcclusionSettings(int(window), int(stride), baseline)
 
 
 def sidebar_scores() -> bool:
@@ -445,21 +499,21 @@ def render_panels(
     model_name: str,
     display: Display,
     scores: dict[str, FaithfulnessScore],
-    scorecam: bool,
-) -> DeltaGenerator | None:
-    """The input and one overlay per CAM; returns Score-CAM's empty slot (filled last) if asked."""
+    slow: list[str],
+) -> dict[str, DeltaGenerator]:
+    """The input and one overlay per CAM; returns the empty slots of the slow methods (Score-CAM,
+    occlusion), filled last."""
     height, width = view.shape[:2]
     panels: list[tuple[str, str]] = [("input", f"{image_name} as {model_name} sees it ({width}×{height})")]
     if result is not None:
         panels += [(name, result.caption(name)) for name in result.methods("cam")]
-    if scorecam:
-        panels.append((SCORECAM, ""))
-    slot = None
+    panels += [(name, "") for name in slow]
+    slots = {}
     for start in range(0, len(panels), PANELS_PER_ROW):
         columns = st.columns(PANELS_PER_ROW)
         for column, (name, caption) in zip(columns, panels[start : start + PANELS_PER_ROW], strict=False):
-            if name == SCORECAM:
-                slot = column.empty()
+            if name in slow:
+                slots[name] = column.empty()
                 continue
             if result is None:  # Score-CAM alone: nothing cached to draw from
                 picture = view
@@ -470,7 +524,7 @@ def render_panels(
                 column.caption(scores[name].summary())
     if result is not None:
         render_guided(result, result_key)
-    return slot
+    return slots
 
 
 def render_guided(result: ExplanationResult, result_key: tuple) -> None:
@@ -526,17 +580,17 @@ def render_scorecam(
     max_channels: int | None,
     display: Display,
     show_scores: bool,
-) -> None:
+) -> ExplanationResult | None:
     """Score-CAM's panel: its cost first, then a run with a progress bar and a Stop button."""
     if request.counterfactual:
         slot.warning("Score-CAM has no counterfactual variant (it uses no gradients).")
-        return
+        return None
     key = (request.digest, request.model, request.random_weights, request.layer, request.target, max_channels)
     result = scorecam_results().get(key)
     if result is None:
         result = run_scorecam(slot, key, request, image, max_channels)
     if result is None:
-        return
+        return None
     slot.empty()  # the progress bar and Stop button of a run that just finished would linger
     with slot.container():
         picture = service.render_panel(result, SCORECAM, display.colormap, display.opacity)
@@ -545,6 +599,7 @@ def render_scorecam(
             scores = scores_of(request, image, result, (*key, SCORECAM))
             if SCORECAM in scores:
                 st.caption(scores[SCORECAM].summary())
+    return result
 
 
 def run_scorecam(
@@ -603,6 +658,66 @@ def run_scorecam(
     st.session_state[SCORECAM_REQUEST] = None
     scorecam_results().put(key, result)
     return result
+
+
+# ----------------------------------------------------------------------------- occlusion, with progress
+
+
+def render_occlusion(
+    slot: DeltaGenerator,
+    request: ExplainRequest,
+    image: Image.Image,
+    settings: OcclusionSettings,
+    display: Display,
+    show_scores: bool,
+    cams: dict[str, np.ndarray],
+) -> tuple[ExplanationResult | None, dict[str, float]]:
+    """Occlusion's panel: run with a progress bar (its cost is known and bounded), then the map and
+    its Spearman correlation with each CAM on this image. Returns its result and those correlations."""
+    key = (
+        request.digest,
+        request.model,
+        request.random_weights,
+        request.target,
+        request.counterfactual,
+        settings,
+    )
+    result = occlusion_results().get(key)
+    if result is None:
+        zoo_model = get_model(request.model, request.random_weights)
+        passes = service.occlusion_cost(zoo_model, settings)
+        with slot.container():
+            st.markdown(f"**Occlusion** ({passes} forward passes)")
+            bar = st.progress(0.0, text=f"Occlusion: 0 of {passes} forward passes")
+
+        def progress(done: int, total: int) -> None:
+            # Drawing the bar is also where Streamlit stops this run when a widget changes.
+            bar.progress(done / total if total else 1.0, text=f"Occlusion: {done} of {total} forward passes")
+
+        try:
+            result = service.run_occlusion(
+                zoo_model, image, request.layer, request.target, request.counterfactual, settings, progress
+            )
+        except ExplainerInputError as error:
+            slot.error(f"Occlusion: {error}")
+            return None, {}
+        occlusion_results().put(key, result)
+    slot.empty()
+    agreement = service.spearman_with(result.maps[OCCLUSION], cams)
+    with slot.container():
+        picture = service.render_panel(result, OCCLUSION, display.colormap, display.opacity)
+        st.image(picture, caption=result.caption(OCCLUSION), width="stretch")
+        if agreement:
+            st.caption(
+                "Spearman ρ with "
+                + " · ".join(f"{service.method_title(m)} {signed(r)}" for m, r in agreement.items())
+                + " (rank correlation over the pixels, measured now on this image)"
+            )
+        if show_scores:
+            scores = scores_of(request, image, result, (*key, OCCLUSION))
+            if OCCLUSION in scores:
+                st.caption(scores[OCCLUSION].summary())
+    return result, agreement
 
 
 # ----------------------------------------------------------------------------- many classes, many layers
@@ -742,6 +857,10 @@ def explore() -> None:
         "What does the network look at? Warm colours mark the regions that raise the score of the "
         "explained class; the guided maps below show the fine detail it responds to."
     )
+    notices = st.container()  # what the link that opened the page got wrong, once the view is known
+    samples = list_samples()
+    models = [*list_zoo(), *(FOLDER_PREFIX + name for name in list_folder_models())]
+    app_teach.read_link(samples, models, service.method_options(), list(COLORMAPS))
 
     choice = sidebar_image()
     model_request = sidebar_model()
@@ -750,6 +869,10 @@ def explore() -> None:
     model, zoo_model = opened if opened else (None, None)
     if zoo_model is not None and not zoo_model.trained:
         st.warning(RANDOM_WEIGHTS_BANNER)
+    if zoo_model is not None:
+        app_teach.apply_link_layer(
+            [layer.name for layer in zoo_model.layers()], f"layer:{zoo_model.name}", zoo_model.resolve_layer
+        )
     layer = sidebar_layer(zoo_model) if zoo_model else None
     predictions = get_predictions(choice.digest, *model, image) if zoo_model and image else None
     context = f"{choice.digest[:16]}:{model[0]}:{model[1]}" if model else ""
@@ -758,27 +881,30 @@ def explore() -> None:
     )
     methods = sidebar_methods()
     max_channels = sidebar_scorecam(methods)
+    occlusion = sidebar_occlusion(methods)
     show_scores = sidebar_scores()
     display = sidebar_display()
     if predictions is None:
+        app_teach.show_link_warnings(notices, {})
         return
     if not methods:
         st.info("Choose at least one method in the sidebar.")
+        app_teach.show_link_warnings(notices, {})
         return
     request = ExplainRequest(choice.digest, *model, layer, target, counterfactual)
-    # Score-CAM runs apart from the cached explanation: it shows a progress bar and can be stopped.
-    others = [m for m in methods if m != SCORECAM]
+    # Score-CAM and occlusion run apart from the cached explanation: they show a progress bar.
+    others = [m for m in methods if m not in SLOW]
     result = explain(request, image, others) if others else None
     if others and result is None:
         return
     scores = scores_of(request, image, result, (*astuple(request), *others)) if show_scores and result else {}
     view = result.image if result else service.model_view(zoo_model, image)
     result_key = astuple(request)  # a map does not depend on which other methods are shown
-    slot = render_panels(
-        result, result_key, view, choice.name, zoo_model.name, display, scores, SCORECAM in methods
-    )
+    slow = [m for m in SLOW if m in methods]
+    slots = render_panels(result, result_key, view, choice.name, zoo_model.name, display, scores, slow)
     if model[0].startswith((FOLDER_PREFIX, CUSTOM_PREFIX)):
         st.caption(f"Preprocessing, as your model sees it: {zoo_model.preprocess.describe()}.")
+    edit = None
     if result is not None:
         render_status(result)
         render_curves(scores, result.target_label)
@@ -788,10 +914,117 @@ def explore() -> None:
         with right:
             if result.maps:  # empty when every chosen method was refused (see the warnings)
                 render_inspector(result, result_key, display)
+    steps_slot = st.container()  # filled last, when Score-CAM's and occlusion's results are known
+    if result is not None:
+        edit = app_teach.render_edit(
+            request, image, result, others, predictions, display.colormap, display.opacity
+        )
     render_top_classes(request, image, methods, display)
     render_sweep(request, image, display)
-    if slot is not None:  # last: the rest of the page is drawn while Score-CAM runs
-        render_scorecam(slot, request, image, max_channels, display, show_scores)
+    share_slot = st.container()
+    extra: list[tuple[str, ExplanationResult]] = []
+    agreement: dict[str, float] = {}
+    if SCORECAM in slots:  # last: the rest of the page is drawn while Score-CAM runs
+        scored = render_scorecam(slots[SCORECAM], request, image, max_channels, display, show_scores)
+        extra += [(SCORECAM, scored)] if scored is not None else []
+    if OCCLUSION in slots:
+        cams = {m: result.maps[m] for m in result.methods("cam")} if result else {}
+        cams.update({m: r.maps[m] for m, r in extra})
+        occluded, agreement = render_occlusion(
+            slots[OCCLUSION], request, image, occlusion, display, show_scores, cams
+        )
+        extra += [(OCCLUSION, occluded)] if occluded is not None else []
+    entries = [(m, result) for m in result.methods("cam")] if result else []
+    with steps_slot:
+        mean = zoo_model.preprocess.mean
+        app_teach.render_steps(entries + extra, display.colormap, display.opacity, mean)
+    link = current_link(
+        choice, model_request, layer, target, counterfactual, methods, display, edit, occlusion
+    )
+    url = app_teach.write_link(link, list_samples())
+    app_teach.show_link_warnings(notices, link.query(samples))
+    parts = app_teach.ViewParts(
+        title=f"CAM Explorer · {choice.name} · {zoo_model.name} · {zoo_model.labels[target]}",
+        settings=view_settings(choice, zoo_model, layer, target, counterfactual, methods, display, edit),
+        predictions=predictions,
+        result=result,
+        input_view=view,
+        input_caption=f"{choice.name} as {zoo_model.name} sees it",
+        colormap=display.colormap,
+        opacity=display.opacity,
+        scores=scores,
+        extra=extra,
+        agreement=agreement,
+        edit=edit,
+        link=url,
+        uploaded=is_upload(choice),
+        notes=[
+            f"{service.method_title(m)}: {message}"
+            for m, message in (result.errors if result else {}).items()
+        ],
+    )
+    with share_slot:
+        stem = f"{Path(choice.name).stem}_{zoo_model.name}_class{target}".replace(" ", "_")
+        app_teach.render_share(
+            url, is_upload(choice), partial(app_teach.view_report, parts), f"{stem}_view.html"
+        )
+
+
+def is_upload(choice: ImageChoice) -> bool:
+    return choice.name not in list_samples()
+
+
+def current_link(
+    choice: ImageChoice,
+    request: ModelRequest,
+    layer: str,
+    target: int,
+    counterfactual: bool,
+    methods: list[str],
+    display: Display,
+    edit: app_teach.EditOutcome | None,
+    occlusion: OcclusionSettings | None,
+) -> ViewLink:
+    """The view as a link: what a URL can carry (an uploaded image or model cannot travel)."""
+    linkable = request.name != CUSTOM
+    return ViewLink(
+        page="explore",
+        sample=None if is_upload(choice) else choice.name,
+        model=request.name if linkable else None,
+        random_weights=request.random_weights,
+        layer=layer if linkable else None,
+        target=target if linkable else None,
+        methods=tuple(methods),
+        counterfactual=counterfactual,
+        colormap=display.colormap,
+        opacity=display.opacity,
+        edit=edit.edit if edit else None,
+        occlusion=None if occlusion is None else (occlusion.window, occlusion.stride, occlusion.baseline),
+    )
+
+
+def view_settings(
+    choice: ImageChoice,
+    zoo_model: ZooModel,
+    layer: str,
+    target: int,
+    counterfactual: bool,
+    methods: list[str],
+    display: Display,
+    edit: app_teach.EditOutcome | None,
+) -> list[tuple[str, str]]:
+    rows = [
+        ("Image", choice.name + (" (uploaded)" if is_upload(choice) else " (bundled sample)")),
+        ("Model", zoo_model.name + ("" if zoo_model.trained else " (random weights)")),
+        ("Target layer", layer),
+        ("Class", f"{zoo_model.labels[target]} ({target})"),
+        ("Counterfactual", "yes" if counterfactual else "no"),
+        ("Methods", ", ".join(service.method_title(m) for m in methods)),
+        ("Display", f"colormap {display.colormap}, opacity {display.opacity:g}"),
+    ]
+    if edit is not None:
+        rows.append(("Edit", edit.edit.describe()))
+    return rows
 
 
 def main() -> None:
@@ -809,7 +1042,13 @@ def main() -> None:
         st.Page("app_pages/1_Trust.py", title="Trust & bias", icon=":material/balance:", url_path="Trust"),
         st.Page("app_pages/2_Lessons.py", title="Lessons", icon=":material/school:", url_path="Lessons"),
     ]
-    st.navigation(pages).run()
+    page = st.navigation(pages)
+    # A link may name another page (?page=lessons): open it once, as if it had been clicked.
+    linked = {"trust": pages[1], "lessons": pages[2]}.get(str(st.query_params.get("page", "")).lower())
+    if linked is not None and page is pages[0] and not st.session_state.get(LINK_PAGE_OPENED):
+        st.session_state[LINK_PAGE_OPENED] = True
+        st.switch_page(linked)
+    page.run()
 
 
 if __name__ == "__main__":

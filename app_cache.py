@@ -30,6 +30,7 @@ from PIL import Image
 
 from explainers import ExplainerInputError
 from explainers.services import service
+from explainers.services.edits import ImageEdit
 from explainers.services.service import (
     ClassMaps,
     ExplanationResult,
@@ -56,6 +57,7 @@ CACHE_BUDGETS_MB = {
     "faithfulness": 8,
     "pictures": 24,  # rendered overlays, PNG
     "scorecam": 24,
+    "occlusion": 16,
 }
 
 V = TypeVar("V")
@@ -216,6 +218,7 @@ def clear_caches() -> None:
     for cache in SIZED_CACHES.values():
         cache.store.clear()
     scorecam_results().clear()
+    occlusion_results().clear()
     figures().clear()
 
 
@@ -292,8 +295,10 @@ def get_image(digest: str, _data: bytes) -> Image.Image:
 
 
 @sized_cache("predictions", lane=LANES.quick)
-def get_predictions(digest: str, model: str, random_weights: bool, _image: Image.Image) -> list[Prediction]:
-    return service.predict(get_model(model, random_weights), _image)
+def get_predictions(
+    digest: str, model: str, random_weights: bool, _image: Image.Image, edit: ImageEdit | None = None
+) -> list[Prediction]:
+    return service.predict(get_model(model, random_weights), _image, edit=edit)
 
 
 @sized_cache("explanations", spinner="Computing the explanation…", lane=LANES.quick)
@@ -306,9 +311,11 @@ def get_explanation(
     methods: tuple[str, ...],
     counterfactual: bool,
     _image: Image.Image,
+    edit: ImageEdit | None = None,
 ) -> ExplanationResult:
+    # `edit` (a frozen dataclass) is part of the key: an edited image is explained apart.
     zoo_model = get_model(model, random_weights)
-    return service.run_explanation(zoo_model, _image, layer, methods, target, counterfactual)
+    return service.run_explanation(zoo_model, _image, layer, methods, target, counterfactual, edit=edit)
 
 
 @sized_cache("scorecam_plans", spinner="Counting Score-CAM's forward passes…", lane=LANES.quick)
@@ -329,6 +336,13 @@ def scorecam_results() -> BoundedStore[ExplanationResult]:
     # Score-CAM runs outside st.cache_data (it draws a progress bar); its results land here,
     # keyed like the explanations, plus max_channels.
     return BoundedStore(32, CACHE_BUDGETS_MB["scorecam"] * 2**20)
+
+
+@st.cache_resource
+def occlusion_results() -> BoundedStore[ExplanationResult]:
+    # Occlusion runs outside the cached functions too (a progress bar); keyed like Score-CAM's
+    # results, plus its window, stride and baseline.
+    return BoundedStore(32, CACHE_BUDGETS_MB["occlusion"] * 2**20)
 
 
 @sized_cache("top_classes", spinner="Explaining the top classes…", lane=LANES.quick)

@@ -16,6 +16,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from app_box import box_picker
 from app_cache import FOLDER_PREFIX, get_image, get_model, load_custom
 from explainers import ExplainerInputError
 from explainers.methods.core import METHODS, method_title
@@ -30,7 +31,7 @@ from explainers.methods.sanity import (
     sanity_check,
 )
 from explainers.services.compare import Panel, compare_classes, compare_models, explain_panel
-from explainers.services.figures import region_figure, sanity_figure, selection_box, shares_figure
+from explainers.services.figures import sanity_figure, shares_figure
 from explainers.services.formats import percent
 from explainers.services.images import content_hash
 from explainers.services.render import draw_box
@@ -55,8 +56,8 @@ DEMO_WITH, DEMO_WITHOUT, UPLOAD = "Bias demo image (with tag)", "Bias demo image
 TOP_CLASS = "(the model's top class)"
 SANITY_METHODS = ("gradcam", "guided_backprop")
 REGION_METHODS = ("gradcam", "gradcam++", "layercam", "guided_backprop")
-# The chart's key (per image); the last box drawn on it, and the image it was drawn on.
-REGION_CHART, REGION_DRAWN, REGION_DRAWN_ON = "region_chart", "region_drawn", "region_drawn_on"
+# The box tool's key prefix (app_box): the chart, the last box drawn and its image, the sliders.
+REGION = "region"
 DEMO_SENTENCE = (
     "**The bias demo** (after the Grad-CAM paper's nurse/doctor example): two “stripes or dots?” "
     "classifiers on one EfficientNet-Lite0 trunk. The biased one was trained where a yellow tag marked "
@@ -479,63 +480,15 @@ def section_region() -> None:
     except ExplainerInputError as error:
         st.error(str(error))
         return
-    size = panel.crop.size
-    preset = drawn_box(size, choice.digest) or (
-        box_in_crop(zoo, image, cue_box()) if choice.is_demo else None
-    )
+    preset = box_in_crop(zoo, image, cue_box()) if choice.is_demo else None
     left, right = st.columns([2, 3], gap="large")
-    with left:
-        box = region_sliders(size, preset)
-        st.plotly_chart(
-            region_figure(np.asarray(panel.crop), box),
-            width="stretch",
-            key=f"{REGION_CHART}:{choice.digest}",  # a new image starts with no selection
-            on_select="rerun",
-            selection_mode="box",
-        )
-        st.caption(
-            f"Your box: x {box[0]}–{box[2]}, y {box[1]}–{box[3]} in the model's {size[0]}×{size[1]} crop. "
-            "Drag on the picture to draw a new box, or move the sliders."
-        )
+    with left:  # the shared box tool: a box drawn on the picture wins over the tag's box
+        box = box_picker(REGION, np.asarray(panel.crop), choice.digest, preset)
     with right:
         render_shares(panel, methods, box)
     columns = st.columns(len(methods))
     for column, method in zip(columns, methods, strict=True):
         column.image(picture(panel, method, box=box), caption=method_title(method), width="stretch")
-
-
-def drawn_box(size: tuple[int, int], digest: str) -> Box | None:
-    """The last box drawn on the picture of this image, kept apart from the chart's own state: a
-    new figure (the box outline moves) may reset the chart's selection, and the box must outlive
-    that. A box drawn on another image is not carried over to this one."""
-    state = st.session_state.get(f"{REGION_CHART}:{digest}") or {}
-    box = selection_box(state.get("selection") or {}, size)
-    if box is not None:
-        st.session_state[REGION_DRAWN], st.session_state[REGION_DRAWN_ON] = box, digest
-    if st.session_state.get(REGION_DRAWN_ON, digest) != digest:
-        return None
-    return st.session_state.get(REGION_DRAWN)
-
-
-def region_sliders(size: tuple[int, int], preset: Box | None) -> Box:
-    """The box from two range sliders, in pixels of the model's crop.
-
-    The sliders' keys carry the preset (the tag's box, or a box drawn on the picture): a new
-    preset gets fresh sliders on it, without writing to a widget's state.
-    """
-    width, height = size
-    x0, y0, x1, y1 = preset or (width // 4, height // 4, 3 * width // 4, 3 * height // 4)
-    xs = st.slider(
-        "Box: x from … to", 0, width, (max(0, x0), min(width, x1)), key=f"region_x:{width}:{preset}"
-    )
-    ys = st.slider(
-        "Box: y from … to (0 is the top)",
-        0,
-        height,
-        (max(0, y0), min(height, y1)),
-        key=f"region_y:{height}:{preset}",
-    )
-    return (xs[0], ys[0], max(xs[1], xs[0] + 1), max(ys[1], ys[0] + 1))
 
 
 def render_shares(panel: Panel, methods: list[str], box: Box) -> None:

@@ -18,7 +18,7 @@ from explainers.errors import (
     MethodError,
     TargetError,
 )
-from explainers.methods import cam, guided, score  # noqa: F401  (register the method families)
+from explainers.methods import cam, guided, occlusion, score  # noqa: F401  (register the method families)
 from explainers.methods.batch import explain_batch
 from explainers.methods.core import METHODS, Evidence, Explanation, Method, explain, get_method, register
 from explainers.methods.guided import guided_to_image
@@ -26,7 +26,7 @@ from explainers.methods.multi import explain_classes, fuse_layers, stage_ends, s
 from explainers.methods.score import ScoreOptions, scorecam_passes
 from explainers.moved import install as _install_moved_paths
 
-_install_moved_paths()  # old paths such as explainers.core and `python -m explainers.audit`
+_install_moved_paths()  # old paths such as explainers.methods.core and `python -m explainers.audit`
 
 __all__ = [
     "METHODS",

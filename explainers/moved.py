@@ -1,6 +1,6 @@
 """The module paths from before the methods/services split keep working.
 
-``import explainers.core``, ``from explainers.service import predict`` and
+``import explainers.methods.core``, ``from explainers.services.service import predict`` and
 ``python -m explainers.audit`` reach the same module objects as their new homes
 (`explainers.methods.core`, `explainers.services.service`, …), so code written against the
 flat layout, and mocks that patch it, keep working.
@@ -38,6 +38,10 @@ SERVICE_MODULES = (
     "formats",
     "images",
     "samples",
+    "edits",
+    "teaching",
+    "view_export",
+    "view_link",
 )
 MOVED: dict[str, str] = {
     **{f"explainers.{name}": f"explainers.methods.{name}" for name in METHOD_MODULES},

@@ -128,7 +128,8 @@ def test_default_page_shows_a_sample_explained_at_once():
     assert any(c.startswith("Guided backprop · ") for c in captions(at)), "a row of guided maps"
     assert "on **CPU**" in status(at)
     assert at.get("plotly_chart"), "top-5 chart and heat map"
-    assert len(at.get("download_button")) == 3
+    labels = [button.proto.label for button in at.get("download_button")]
+    assert labels == ["Overlay (PNG)", "Map (.npy)", "All maps (.npz)", "Download this view (HTML)"]
 
 
 def test_layer_class_and_methods_can_be_changed():

@@ -21,7 +21,7 @@ def test_old_path_is_the_same_module(old_name: str) -> None:
 
 def test_from_import_of_an_old_path_reaches_the_registry() -> None:
     namespace: dict[str, object] = {}
-    exec("from explainers.core import METHODS", namespace)
+    exec("from explainers.methods.core import METHODS", namespace)
     from explainers.methods.core import METHODS
 
     assert namespace["METHODS"] is METHODS and "gradcam" in METHODS
@@ -39,6 +39,9 @@ def test_methods_do_not_import_services() -> None:
 
 def test_old_cli_path_runs() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "explainers.audit", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "explainers.services.audit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.startswith("usage: python -m explainers.audit")

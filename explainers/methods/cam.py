@@ -65,11 +65,15 @@ class GradCAMPlusPlus(WeightedActivationCAM):
     name = "gradcam++"
     title = "Grad-CAM++"
 
-    def weights(self, activations, gradients):
+    @staticmethod
+    def alpha(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """The per-position coefficients alpha^k_ij, shaped like ``gradients`` (k, C, h, w)."""
         g2 = gradients.pow(2)
         denominator = 2 * g2 + activations.sum((2, 3), keepdim=True) * g2 * gradients
-        alpha = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-        return (alpha * gradients.relu()).sum((2, 3))
+        return g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+
+    def weights(self, activations, gradients):
+        return (self.alpha(activations, gradients) * gradients.relu()).sum((2, 3))
 
 
 @register

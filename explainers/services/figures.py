@@ -258,3 +258,81 @@ def heatmap_figure(values: np.ndarray, colormap: str = "jet", title: str = "") -
         xaxis=dict(range=[-0.5, width - 0.5], constrain="domain", showticklabels=False),
     )
     return figure
+
+
+POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # red adds to the class, blue takes away (as `render.diverging`)
+
+
+def weights_figure(
+    values: np.ndarray,
+    highlight: Sequence[int] = (),
+    title: str = "weight",
+    channels: Sequence[int] | None = None,
+) -> go.Figure:
+    """One bar per channel, sorted from the largest value to the smallest, red above zero and blue
+    below; the hover names the channel. Highlighted channels (the thumbnails) are outlined.
+
+    Args:
+        values: (C,) one value per channel (a weight, or a channel's net term in the sum).
+        highlight: channel indices to outline.
+        title: the y axis's title.
+        channels: the channel index of each value; default 0..C-1.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    channels = np.arange(len(values)) if channels is None else np.asarray(channels)
+    order = np.argsort(-values, kind="stable")
+    marked = set(int(c) for c in highlight)
+    sorted_channels = channels[order]
+    figure = go.Figure(
+        go.Bar(
+            x=np.arange(len(values)).tolist(),
+            y=values[order].tolist(),
+            marker={
+                "color": [POSITIVE if v >= 0 else NEGATIVE for v in values[order]],
+                "line": {
+                    "color": ["#000000" if int(c) in marked else "rgba(0,0,0,0)" for c in sorted_channels],
+                    "width": 1.5,
+                },
+            },
+            customdata=sorted_channels.tolist(),
+            hovertemplate="channel %{customdata}: %{y:.4g}<extra></extra>",
+        )
+    )
+    figure.add_hline(y=0, line={"color": "grey", "width": 1})
+    figure.update_layout(
+        height=260,
+        bargap=0,
+        margin={"t": 10, "b": 40, "l": 60, "r": 10},
+        xaxis={"title": "channels, sorted (hover for the channel number)", "showticklabels": False},
+        yaxis={"title": title, "zeroline": False},
+        showlegend=False,
+    )
+    return figure
+
+
+def sum_figure(weighted_sum: np.ndarray) -> go.Figure:
+    """The weighted sum S before the ReLU (diverging, zero white) and after it, side by side on one
+    colour scale, each cell's value on hover."""
+    values = np.asarray(weighted_sum, dtype=np.float64)
+    scale = float(np.abs(values).max()) or 1.0
+    figure = make_subplots(
+        rows=1, cols=2, subplot_titles=("S before the ReLU", "ReLU(S): the map"), horizontal_spacing=0.08
+    )
+    for col, z in ((1, values), (2, np.maximum(values, 0))):
+        figure.add_trace(
+            go.Heatmap(
+                z=z.tolist(),
+                zmin=-scale,
+                zmax=scale,
+                colorscale="RdBu",
+                reversescale=True,
+                showscale=col == 2,
+                hovertemplate="row %{y}, column %{x}: %{z:.4g}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        figure.update_yaxes(autorange="reversed", scaleanchor=f"x{col}", showticklabels=False, row=1, col=col)
+        figure.update_xaxes(showticklabels=False, constrain="domain", row=1, col=col)
+    figure.update_layout(height=300, margin={"t": 30, "b": 10, "l": 10, "r": 10})
+    return figure

@@ -85,3 +85,44 @@ def picture(
 
         return guided_to_image(values)
     return overlay(crop, values, colormap, opacity)
+
+
+def diverging(values: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """A signed map (h, w) as RGB uint8: blue below zero, white at zero, red above.
+
+    Args:
+        values: any real values.
+        scale: the magnitude drawn at full colour; default the map's largest |value| (a map of
+            zeros is white).
+    """
+    values = to_numpy(values)
+    scale = float(np.abs(values).max()) if scale is None else float(scale)
+    t = np.clip(values / scale, -1, 1) if scale > 0 else np.zeros_like(values)
+    red, blue = np.clip(t, 0, 1), np.clip(-t, 0, 1)
+    # White fades to red (178, 24, 43) above zero and to blue (33, 102, 172) below, as ColorBrewer's RdBu.
+    rgb = np.stack(
+        [
+            255 - red * (255 - 178) - blue * (255 - 33),
+            255 - red * (255 - 24) - blue * (255 - 102),
+            255 - red * (255 - 43) - blue * (255 - 172),
+        ],
+        axis=-1,
+    )
+    return np.uint8(np.clip(rgb, 0, 255).round())
+
+
+def sequential(values: np.ndarray, colormap: str = "viridis") -> np.ndarray:
+    """A map (h, w) on its own scale, min to max, as RGB uint8 (a constant map takes the lowest colour)."""
+    values = to_numpy(values)
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return colorize(scaled, colormap)
+
+
+def enlarge(image: np.ndarray, side: int) -> np.ndarray:
+    """An RGB image scaled so that its longer side is ``side`` pixels, each pixel a visible square
+    (nearest neighbour): how a 7×7 map is shown without inventing detail."""
+    height, width = image.shape[:2]
+    factor = side / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_NEAREST)

@@ -22,9 +22,12 @@ from PIL import Image
 
 from explainers.errors import ExplainerInputError, MethodError
 from explainers.methods.core import METHODS, Evidence, check_methods, method_title
-from explainers.methods.metrics import faithfulness
+from explainers.methods.metrics import faithfulness, spearman
 from explainers.methods.multi import explain_classes, fuse_layers, sweep
+from explainers.methods.occlusion import OcclusionRun, occlusion_passes
 from explainers.methods.score import Progress, default_batch_size, scorecam_passes
+from explainers.methods.steps import MapSteps, map_steps
+from explainers.services.edits import ImageEdit, apply_edit
 from explainers.services.images import content_hash, load_image
 from explainers.services.render import picture, to_numpy
 from models_zoo import ZooModel
@@ -41,6 +44,8 @@ __all__ = [
     "ExplanationResult",
     "FaithfulnessScore",
     "LayerMaps",
+    "OcclusionGrid",
+    "OcclusionSettings",
     "Prediction",
     "ScorePlan",
     "content_hash",
@@ -49,13 +54,16 @@ __all__ = [
     "inspect_values",
     "method_options",
     "method_title",
+    "occlusion_cost",
     "predict",
     "prepare_image",
     "render_panel",
     "run_explanation",
+    "run_occlusion",
     "run_scorecam",
     "scorecam_plan",
     "score_faithfulness",
+    "spearman_with",
     "top_classes",
     "top_predictions",
     "layer_sweep",
@@ -93,6 +101,11 @@ class ExplanationResult:
         seconds: wall time of the computation.
         device: where it ran, "CPU" or the GPU's name.
         notes: method -> a remark shown in its caption, e.g. that Score-CAM's map is an approximation.
+        steps: CAM method -> how its map was made (`explainers.methods.steps.MapSteps`), read from the
+            same passes; the methods share one bounded record of the layer's activations and
+            gradients.
+        occlusion: the window positions and score drops behind an occlusion map, or None.
+        edit: the edit applied to the image before the model saw it, or None.
     """
 
     model: str
@@ -109,6 +122,9 @@ class ExplanationResult:
     seconds: float = 0.0
     device: str = "CPU"
     notes: dict[str, str] = field(default_factory=dict)
+    steps: dict[str, MapSteps] = field(default_factory=dict)
+    occlusion: OcclusionGrid | None = None
+    edit: ImageEdit | None = None
 
     def kind(self, method: str) -> str:
         """How a method's map is shown: "cam" (a heat map) or "guided" (an RGB gradient)."""
@@ -168,15 +184,29 @@ def top_predictions(probabilities: torch.Tensor, labels: Sequence[str], k: int =
     return [Prediction(int(i), labels[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
 
 
-def _inputs(zoo_model: ZooModel, image: Image.Image) -> tuple[np.ndarray, torch.Tensor]:
-    """The crop the model sees, (H, W, 3) uint8, and the model's input, from one resize."""
+def _inputs(
+    zoo_model: ZooModel, image: Image.Image, edit: ImageEdit | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """The crop the model sees, (H, W, 3) uint8, and the model's input, from one resize; with an
+    edit, both edited (the box is in the crop's pixels).
+
+    Raises:
+        EditError: the edit does not fit the crop.
+    """
     crop, x = zoo_model.preprocess.crop_and_tensor(image)
-    return np.asarray(crop, dtype=np.uint8), x
+    crop = np.asarray(crop, dtype=np.uint8)
+    if edit is not None:
+        crop = apply_edit(crop, edit)
+        x = zoo_model.preprocess.normalise(Image.fromarray(crop))
+    return crop, x
 
 
-def predict(zoo_model: ZooModel, image: Image.Image, k: int = 5) -> list[Prediction]:
-    """The k most probable classes for an image: one forward pass, no gradients."""
-    x = zoo_model.preprocess(image).to(zoo_model.device)
+def predict(
+    zoo_model: ZooModel, image: Image.Image, k: int = 5, edit: ImageEdit | None = None
+) -> list[Prediction]:
+    """The k most probable classes for an image (edited first, if asked): one forward pass, no
+    gradients."""
+    x = (_inputs(zoo_model, image, edit)[1] if edit else zoo_model.preprocess(image)).to(zoo_model.device)
     with torch.no_grad():
         logits = zoo_model.model(x)[0].float().cpu()
     return top_predictions(logits.softmax(0), zoo_model.labels, k)
@@ -190,6 +220,7 @@ def run_explanation(
     target: int | None = None,
     counterfactual: bool = False,
     options: dict[str, object] | None = None,
+    edit: ImageEdit | None = None,
 ) -> ExplanationResult:
     """Explain one class of one image with several methods, sharing their passes.
 
@@ -204,14 +235,18 @@ def run_explanation(
         target: the class to explain; None explains the predicted class.
         counterfactual: explain what lowers the class score.
         options: method options, e.g. Score-CAM's ``max_channels`` and ``progress``.
+        edit: fill a box of the crop before the model sees it (`explainers.services.edits`).
+
+    The result also says how each CAM was made (``steps``), from the same passes.
 
     Raises:
-        ExplainerInputError: no method chosen, an unknown method or layer, a class out of range.
-        Cancelled: Score-CAM's progress callback returned False.
+        ExplainerInputError: no method chosen, an unknown method or layer, a class out of range,
+            an edit that does not fit the crop.
+        Cancelled: Score-CAM's or occlusion's progress callback returned False.
     """
     names = check_methods(methods)
     start = time.perf_counter()
-    crop, x = _inputs(zoo_model, image)
+    crop, x = _inputs(zoo_model, image, edit)
     targets = None if target is None else [target]
     maps: dict[str, np.ndarray] = {}
     raw: dict[str, np.ndarray] = {}
@@ -226,6 +261,8 @@ def run_explanation(
         raw[name], maps[name] = to_numpy(raw_k[0]), to_numpy(map_k[0])
     probabilities = evidence.logits.detach().float().cpu().softmax(0)
     chosen = int(evidence.targets[0])
+    steps = map_steps(evidence, list(maps), layer)  # arithmetic on the passes above, none of its own
+    run = evidence.extras.get("occlusion")
     return ExplanationResult(
         model=zoo_model.name,
         layer=layer,
@@ -241,7 +278,81 @@ def run_explanation(
         seconds=time.perf_counter() - start,
         device=device_name(evidence.device),
         notes=_notes(evidence, layer, list(maps)),
+        steps=steps,
+        occlusion=OcclusionGrid.from_run(run)
+        if isinstance(run, OcclusionRun) and "occlusion" in maps
+        else None,
+        edit=edit,
     )
+
+
+@dataclass(frozen=True)
+class OcclusionGrid:
+    """The window positions and score drops behind an occlusion map (CPU numpy, cacheable).
+
+    Attributes:
+        window, stride: in pixels of the crop.
+        rows, cols: the windows' top and left edges; window (r, c) covers
+            [rows[r], rows[r] + window) × [cols[c], cols[c] + window), cut at the border.
+        drops: (len(rows), len(cols)) the class score on the image minus with the window covered
+            (the other way round for a counterfactual).
+        base: the class score on the image.
+        baseline: what filled the window, in words.
+        baseline_kind: "zero" (the model input's zero), "blur", "value" or "tensor".
+        score: "probability" or "logit".
+        passes: occluded images scored.
+    """
+
+    window: int
+    stride: int
+    rows: list[int]
+    cols: list[int]
+    drops: np.ndarray
+    base: float
+    baseline: str
+    baseline_kind: str
+    score: str
+    passes: int
+
+    @classmethod
+    def from_run(cls, run: OcclusionRun) -> OcclusionGrid:
+        return cls(
+            run.window,
+            run.stride,
+            list(run.rows),
+            list(run.cols),
+            to_numpy(run.drops[0]),
+            float(run.base[0]),
+            run.baseline,
+            run.baseline_kind,
+            run.score,
+            run.passes,
+        )
+
+    def largest(self, k: int = 4) -> list[tuple[int, int, float]]:
+        """The k windows whose cover lowers the score most: (left, top, drop), largest first."""
+        order = np.argsort(-self.drops, axis=None, kind="stable")[:k]
+        return [
+            (self.cols[c], self.rows[r], float(self.drops[r, c]))
+            for r, c in (np.unravel_index(i, self.drops.shape) for i in order)
+        ]
+
+    def covered(self, crop: np.ndarray, left: int, top: int, mean: Sequence[float]) -> np.ndarray:
+        """The crop (H, W, 3) uint8 as the model saw it with the window at (left, top) covered:
+        by the training mean colour ``mean`` (in [0, 1], the model input's zero) or the blurred
+        crop (blurring commutes with the per-channel normalisation). Other baselines are drawn grey.
+        """
+        shown = np.array(crop, dtype=np.uint8, copy=True)
+        box = (slice(top, top + self.window), slice(left, left + self.window))
+        if self.baseline_kind == "zero":
+            colour = np.asarray(mean, dtype=np.float64).reshape(-1)
+            shown[box] = np.uint8(np.clip(np.resize(colour, 3) * 255, 0, 255).round())
+        elif self.baseline_kind == "blur":
+            kernel = 2 * max(1, self.window // 2) + 1
+            shown[box] = cv2.GaussianBlur(crop, (kernel, kernel), self.window / 4)[box]
+        else:
+            shown[box] = 128
+        return shown
 
 
 # Why a gradient CAM is blank when the class score does not depend on the layer's positions.
@@ -258,6 +369,9 @@ def _notes(evidence: Evidence, layer: str, methods: list[str]) -> dict[str, str]
     run = evidence.extras.get("scorecam", {}).get(layer)
     if run is not None and run.approximation is not None:
         notes["scorecam"] = f"approximation ({run.channels} of {run.layer_channels} channels)"
+    occluded = evidence.extras.get("occlusion")
+    if occluded is not None and "occlusion" in methods:
+        notes["occlusion"] = f"window {occluded.window} px, stride {occluded.stride} px"
     return notes
 
 
@@ -344,6 +458,7 @@ def run_scorecam(
     target: int,
     max_channels: int | None = None,
     progress: Progress | None = None,
+    edit: ImageEdit | None = None,
 ) -> ExplanationResult:
     """Score-CAM alone, reporting progress: its masked passes take seconds to minutes on a CPU.
 
@@ -356,8 +471,71 @@ def run_scorecam(
         Cancelled: ``progress`` returned False.
     """
     return run_explanation(
-        zoo_model, image, layer, ["scorecam"], target, options=_score_options(max_channels, progress)
+        zoo_model,
+        image,
+        layer,
+        ["scorecam"],
+        target,
+        options=_score_options(max_channels, progress),
+        edit=edit,
     )
+
+
+# ----------------------------------------------------------------------------- occlusion, with progress
+
+
+@dataclass(frozen=True)
+class OcclusionSettings:
+    """Occlusion's settings in the app: window and stride in crop pixels (None: the defaults,
+    a seventh of the side and half of that), and the baseline (`explainers.methods.occlusion.BASELINES`)."""
+
+    window: int | None = None
+    stride: int | None = None
+    baseline: str = "zero"
+
+    def options(self, progress: Progress | None = None) -> dict[str, object]:
+        return {
+            "occlusion_window": self.window,
+            "occlusion_stride": self.stride,
+            "occlusion_baseline": self.baseline,
+            "progress": progress,
+        }
+
+
+def occlusion_cost(zoo_model: ZooModel, settings: OcclusionSettings) -> int:
+    """How many forward passes occlusion will take on this model's input (no pass needed to know)."""
+    size = (zoo_model.preprocess.crop, zoo_model.preprocess.crop)
+    return occlusion_passes(size, settings.window, settings.stride)
+
+
+def run_occlusion(
+    zoo_model: ZooModel,
+    image: Image.Image,
+    layer: str,
+    target: int,
+    counterfactual: bool = False,
+    settings: OcclusionSettings | None = None,
+    progress: Progress | None = None,
+    edit: ImageEdit | None = None,
+) -> ExplanationResult:
+    """Occlusion sensitivity alone (Zeiler & Fergus 2014), reporting progress: one forward pass per
+    window position, batched. ``layer`` is only captured on the way (occlusion reads no layer).
+
+    Raises:
+        Cancelled: ``progress`` returned False.
+        ExplainerInputError: a window larger than the input, a stride larger than the window.
+    """
+    options = (settings or OcclusionSettings()).options(progress)
+    return run_explanation(zoo_model, image, layer, ["occlusion"], target, counterfactual, options, edit)
+
+
+def spearman_with(reference: np.ndarray, maps: dict[str, np.ndarray]) -> dict[str, float]:
+    """Spearman's rank correlation of a (H, W) map with each of several maps of the same size
+    (`explainers.methods.metrics.spearman`; a constant map correlates 0)."""
+    ours = torch.from_numpy(np.ascontiguousarray(reference))
+    return {
+        name: spearman(ours, torch.from_numpy(np.ascontiguousarray(values))) for name, values in maps.items()
+    }
 
 
 # ----------------------------------------------------------------------------- many classes, many layers
@@ -572,9 +750,12 @@ def score_faithfulness(
 
 def sweep_methods() -> list[str]:
     """The CAMs offered for a layer sweep: gradient CAMs, which apply at any layer
-    (CAM needs GAP + linear right after the layer; Score-CAM is too slow for five layers)."""
+    (CAM needs GAP + linear right after the layer; Score-CAM is too slow for five layers;
+    occlusion reads no layer)."""
     return [
-        name for name in method_options() if METHODS[name].kind == "cam" and name not in ("cam", "scorecam")
+        name
+        for name in method_options()
+        if METHODS[name].kind == "cam" and name not in ("cam", "scorecam", "occlusion")
     ]
 
 
