@@ -19,7 +19,7 @@ import inspect
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import nullcontext
 from typing import Any, Generic, TypeVar
 
@@ -35,11 +35,12 @@ from explainers.services.service import (
     ClassMaps,
     ExplanationResult,
     FaithfulnessScore,
+    ImageRequest,
     LayerMaps,
     Prediction,
     ScorePlan,
 )
-from explainers.services.serving import Lane, apply_thread_budget, make_lanes
+from explainers.services.serving import Coalescer, Lane, apply_thread_budget, make_lanes
 from models_zoo import ZooModel, load_custom_model, load_model
 from models_zoo.folder import fingerprint, load_folder_model
 
@@ -301,7 +302,20 @@ def get_predictions(
     return service.predict(get_model(model, random_weights), _image, edit=edit)
 
 
-@sized_cache("explanations", spinner="Computing the explanation…", lane=LANES.quick)
+def _explain_together(key: tuple, requests: Sequence[ImageRequest]) -> list[ExplanationResult | Exception]:
+    model, random_weights, layer, methods, counterfactual = key
+    zoo_model = get_model(model, random_weights)
+    return service.run_explanations(zoo_model, requests, layer, methods, counterfactual)
+
+
+# Sessions asking for explanations with the same model, layer, methods and counterfactual at the
+# same moment share one batched pass; each gets what it would have got alone.
+EXPLANATIONS: Coalescer[ImageRequest, ExplanationResult] = Coalescer(
+    _explain_together, LANES.quick, window_s=0.005, max_batch=16
+)
+
+
+@sized_cache("explanations", spinner="Computing the explanation…")  # in LANES.quick, batched
 def get_explanation(
     digest: str,
     model: str,
@@ -314,8 +328,8 @@ def get_explanation(
     edit: ImageEdit | None = None,
 ) -> ExplanationResult:
     # `edit` (a frozen dataclass) is part of the key: an edited image is explained apart.
-    zoo_model = get_model(model, random_weights)
-    return service.run_explanation(zoo_model, _image, layer, methods, target, counterfactual, edit=edit)
+    key = (model, random_weights, layer, methods, counterfactual)
+    return EXPLANATIONS.submit(key, ImageRequest(_image, target, edit))
 
 
 @sized_cache("scorecam_plans", spinner="Counting Score-CAM's forward passes…", lane=LANES.quick)

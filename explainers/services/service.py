@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from explainers.errors import ExplainerInputError, MethodError
-from explainers.methods.core import METHODS, Evidence, check_methods, method_title
+from explainers.errors import ExplainerInputError, MethodError, TargetError
+from explainers.methods.batch import BatchEvidence
+from explainers.methods.core import METHODS, Evidence, check_methods, get_method, method_title
 from explainers.methods.metrics import faithfulness, spearman
 from explainers.methods.multi import explain_classes, fuse_layers, sweep
 from explainers.methods.occlusion import OcclusionRun, occlusion_passes
@@ -43,6 +44,7 @@ __all__ = [
     "ClassMaps",
     "ExplanationResult",
     "FaithfulnessScore",
+    "ImageRequest",
     "LayerMaps",
     "OcclusionGrid",
     "OcclusionSettings",
@@ -59,6 +61,7 @@ __all__ = [
     "prepare_image",
     "render_panel",
     "run_explanation",
+    "run_explanations",
     "run_occlusion",
     "run_scorecam",
     "scorecam_plan",
@@ -248,17 +251,96 @@ def run_explanation(
     start = time.perf_counter()
     crop, x = _inputs(zoo_model, image, edit)
     targets = None if target is None else [target]
-    maps: dict[str, np.ndarray] = {}
-    raw: dict[str, np.ndarray] = {}
-    errors: dict[str, str] = {}
     evidence = Evidence(zoo_model.model, x, [layer], targets, counterfactual, options=options)
+    errors = {name: str(error) for name, error in _refused(names, lambda name: evidence.result(name, layer))}
+    return _result(zoo_model, evidence, crop, layer, names, errors, edit, time.perf_counter() - start)
+
+
+class ImageRequest(NamedTuple):
+    """One image of a batched request: the image, its class (None: its top-1), its edit."""
+
+    image: Image.Image
+    target: int | None = None
+    edit: ImageEdit | None = None
+
+
+def run_explanations(
+    zoo_model: ZooModel,
+    requests: Sequence[ImageRequest],
+    layer: str,
+    methods: Sequence[str],
+    counterfactual: bool = False,
+) -> list[ExplanationResult | ExplainerInputError]:
+    """`run_explanation` for several images at once, from one batched forward and backward pass
+    (`explainers.methods.batch`): how the app serves sessions that ask at the same moment.
+
+    Each image's result equals what `run_explanation` gives it alone (1e-5). An image whose
+    request cannot be met (its class out of range, an edit that does not fit) gets its error in
+    its place, and the others their results.
+    """
+    names = check_methods(methods)
+    start = time.perf_counter()
+    results: list[ExplanationResult | ExplainerInputError | None] = [None] * len(requests)
+    prepared: list[tuple[int, np.ndarray, torch.Tensor]] = []  # (request index, crop, input)
+    for index, request in enumerate(requests):
+        try:
+            check_target(request.target, len(zoo_model.labels))
+            prepared.append((index, *_inputs(zoo_model, request.image, request.edit)))
+        except ExplainerInputError as error:
+            results[index] = error
+    if not prepared:
+        return results
+    targets = [requests[index].target for index, _, _ in prepared]
+    x = torch.cat([x for _, _, x in prepared])
+    batch = BatchEvidence(zoo_model.model, x, layer, targets, counterfactual)
+    batch_refused = dict(_refused(names, lambda name: get_method(name).prepare_batch(batch, layer)))
+    errors = []
+    for view in batch.views:
+        rest = [name for name in names if name not in batch_refused]
+        refused = batch_refused | dict(_refused(rest, lambda name, view=view: view.result(name, layer)))
+        errors.append({name: str(error) for name, error in refused.items()})
+    seconds = (time.perf_counter() - start) / len(prepared)  # each image's share of the batch
+    for (index, crop, _), view, refused in zip(prepared, batch.views, errors):
+        results[index] = _result(zoo_model, view, crop, layer, names, refused, requests[index].edit, seconds)
+    return results
+
+
+def check_target(target: int | None, num_classes: int) -> None:
+    """Raise `TargetError` for a class index outside the model's classes."""
+    if target is not None and not 0 <= target < num_classes:
+        raise TargetError(
+            f"Class {target} is out of range: the model has {num_classes} classes (0 to {num_classes - 1})."
+        )
+
+
+def _refused(names: Sequence[str], run: Callable[[str], object]) -> list[tuple[str, MethodError]]:
+    """Run each method; the ones that do not apply here, with why (the others go on)."""
+    refused = []
     for name in names:
         try:
-            raw_k, map_k = evidence.result(name, layer)
+            run(name)
         except MethodError as error:
-            errors[name] = str(error)
-            continue
-        raw[name], maps[name] = to_numpy(raw_k[0]), to_numpy(map_k[0])
+            refused.append((name, error))
+    return refused
+
+
+def _result(
+    zoo_model: ZooModel,
+    evidence: Evidence,
+    crop: np.ndarray,
+    layer: str,
+    names: Sequence[str],
+    errors: dict[str, str],
+    edit: ImageEdit | None,
+    seconds: float,
+) -> ExplanationResult:
+    """The `ExplanationResult` of an image's evidence, whose methods have run (except ``errors``)."""
+    maps: dict[str, np.ndarray] = {}
+    raw: dict[str, np.ndarray] = {}
+    for name in names:
+        if name not in errors:
+            raw_k, map_k = evidence.result(name, layer)
+            raw[name], maps[name] = to_numpy(raw_k[0]), to_numpy(map_k[0])
     probabilities = evidence.logits.detach().float().cpu().softmax(0)
     chosen = int(evidence.targets[0])
     steps = map_steps(evidence, list(maps), layer)  # arithmetic on the passes above, none of its own
@@ -269,13 +351,13 @@ def run_explanation(
         target=chosen,
         target_label=zoo_model.labels[chosen],
         target_probability=float(probabilities[chosen]),
-        counterfactual=counterfactual,
+        counterfactual=evidence.counterfactual,
         image=crop,
         top=top_predictions(probabilities, zoo_model.labels),
         maps=maps,
         raw=raw,
         errors=errors,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         device=device_name(evidence.device),
         notes=_notes(evidence, layer, list(maps)),
         steps=steps,

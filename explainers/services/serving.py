@@ -101,7 +101,8 @@ class Coalescer(Generic[I, R]):
     for a slot of ``lane``, takes up to ``max_batch`` waiting requests (itself first) and runs
     ``run_batch(key, items)``, which returns one result per item, in order. Requests that arrive
     while a batch runs wait for the next one, led by the oldest of them; a leader never serves
-    more than its own batch. An exception in ``run_batch`` is raised in every request of the batch.
+    more than its own batch. A result that is an exception is raised in its own request only; an
+    exception from ``run_batch`` itself in every request of the batch.
     """
 
     def __init__(
@@ -160,8 +161,9 @@ class Coalescer(Generic[I, R]):
             else:
                 self._led.discard(key)
         for index, request in enumerate(batch):
-            if failure is not None:
-                request.future.set_exception(failure)
+            outcome = failure if failure is not None else results[index]
+            if isinstance(outcome, BaseException):
+                request.future.set_exception(outcome)
             else:
-                request.future.set_result(results[index])
+                request.future.set_result(outcome)
             request.wake.set()
