@@ -614,10 +614,8 @@ def run_occlusion(
 def spearman_with(reference: np.ndarray, maps: dict[str, np.ndarray]) -> dict[str, float]:
     """Spearman's rank correlation of a (H, W) map with each of several maps of the same size
     (`explainers.methods.metrics.spearman`; a constant map correlates 0)."""
-    ours = torch.from_numpy(np.ascontiguousarray(reference))
-    return {
-        name: spearman(ours, torch.from_numpy(np.ascontiguousarray(values))) for name, values in maps.items()
-    }
+    ours = torch.from_numpy(np.array(reference))  # a copy: cached results are read-only
+    return {name: spearman(ours, torch.from_numpy(np.array(values))) for name, values in maps.items()}
 
 
 # ----------------------------------------------------------------------------- many classes, many layers
@@ -809,7 +807,9 @@ def score_faithfulness(
     if not names:
         return {}
     x = zoo_model.preprocess(image)
-    maps = {name: torch.from_numpy(result.maps[name]) for name in names}
+    maps = {
+        name: torch.from_numpy(np.array(result.maps[name])) for name in names
+    }  # copies: cached results are read-only
     scores = faithfulness(
         zoo_model.model, x, maps, result.target, steps=steps or FAITHFULNESS_STEPS, progress=progress
     )

@@ -17,7 +17,7 @@ import numpy as np
 
 from explainers.services.service import to_png
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def app_version() -> str:
