@@ -519,7 +519,7 @@ def render_panels(
                 picture = view
             else:
                 picture = get_picture(result_key, name, display.colormap, display.opacity, result)
-            column.image(picture, caption=caption, width="stretch")
+            column.image(picture, caption=caption, width="stretch", output_format="JPEG")
             if name in scores:
                 column.caption(scores[name].summary())
     if result is not None:
@@ -534,7 +534,8 @@ def render_guided(result: ExplanationResult, result_key: tuple) -> None:
         columns = st.columns(PANELS_PER_ROW)
         for index, name in enumerate(guided):
             picture = get_picture(result_key, name, "", 0.0, result)  # no colormap: an RGB map
-            columns[index % PANELS_PER_ROW].image(picture, caption=result.caption(name), width="stretch")
+            column = columns[index % PANELS_PER_ROW]
+            column.image(picture, caption=result.caption(name), width="stretch", output_format="JPEG")
     for name, message in result.errors.items():
         st.warning(f"{service.method_title(name)}: {message}")
 
@@ -810,6 +811,7 @@ def render_predictions(predictions: list[Prediction], target: int, result_key: t
     st.plotly_chart(figure, width="stretch", key="top5_chart")
 
 
+@st.fragment  # choosing another map reruns this section only, not the page
 def render_inspector(result: ExplanationResult, result_key: tuple, display: Display) -> None:
     st.subheader("Inspect a map")
     method = st.selectbox("Map", list(result.maps), format_func=service.method_title, key="inspect")
@@ -827,7 +829,7 @@ def render_inspector(result: ExplanationResult, result_key: tuple, display: Disp
 
 def render_downloads(result: ExplanationResult, result_key: tuple, method: str, display: Display) -> None:
     stem = f"{result.model}_{result.layer}_{method}_class{result.target}".replace("+", "pp")
-    picture = get_picture(result_key, method, display.colormap, display.opacity, result)
+    picture = get_picture(result_key, method, display.colormap, display.opacity, result, kind="PNG")
     left, middle, right = st.columns(3)
     left.download_button("Overlay (PNG)", picture, f"{stem}.png", "image/png", on_click="ignore")
     middle.download_button(

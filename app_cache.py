@@ -404,12 +404,14 @@ def get_faithfulness(
 
 
 @sized_cache("pictures")
-def get_picture(key: tuple, method: str, colormap: str, opacity: float, _result: ExplanationResult) -> bytes:
-    """One panel of an explanation as PNG, encoded once: a rerun sends the same bytes again.
-
-    `key` names the explanation `_result` (its cache key); method "input" is the crop itself."""
+def get_picture(
+    key: tuple, method: str, colormap: str, opacity: float, _result: ExplanationResult, kind: str = "JPEG"
+) -> bytes:
+    """One panel of an explanation, encoded once: a rerun sends the same bytes again (Streamlit
+    passes JPEG bytes through to the browser as they are). "JPEG" for the page, "PNG" for the
+    download; `key` names the explanation `_result` (its cache key); method "input" is the crop."""
     picture = _result.image if method == "input" else service.render_panel(_result, method, colormap, opacity)
-    return service.to_png(picture)
+    return service.to_png(picture) if kind == "PNG" else service.to_jpeg(picture)
 
 
 @st.cache_resource

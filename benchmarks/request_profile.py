@@ -42,7 +42,9 @@ PIECES = [
     ("decode", "explainers.services.service", "prepare_image"),
     ("predict", "explainers.services.service", "predict"),
     ("explain", "explainers.services.service", "run_explanation"),
+    ("explain", "explainers.services.service", "run_explanations"),  # the coalesced path
     ("guided pass", "explainers.methods.guided", "rectified_input_gradients"),
+    ("guided pass", "explainers.methods.guided", "_batch_rectified_gradients"),  # batched
     ("render overlays", "explainers.services.render", "picture"),
     ("encode pictures", "streamlit.elements.lib.image_utils", "image_to_url"),
     ("encode pictures", "explainers.services.service", "to_png"),
@@ -50,6 +52,9 @@ PIECES = [
     ("plotly", "explainers.services.figures", "heatmap_figure"),
     ("plotly", "streamlit.delta_generator:DeltaGenerator", "plotly_chart"),
     ("downloads", "streamlit.delta_generator:DeltaGenerator", "download_button"),
+    ("teaching sections", "app_teach", "render_steps"),
+    ("teaching sections", "app_teach", "render_edit"),
+    ("teaching sections", "app_teach", "render_share"),
 ]
 
 

@@ -229,13 +229,13 @@ def test_uploaded_image_is_explained_and_replaces_the_sample():
 def test_display_changes_do_not_recompute(monkeypatch):
     app_cache.clear_caches()
     calls = []
-    original = explainers.services.service.run_explanation
+    original = explainers.services.service.run_explanations  # the page's (coalesced) path
 
     def counting(*args, **kwargs):
         calls.append(args[2:])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(explainers.services.service, "run_explanation", counting)
+    monkeypatch.setattr(explainers.services.service, "run_explanations", counting)
     at = open_app()
     assert len(calls) == 1
     at.slider(key="opacity").set_value(0.8).run()
