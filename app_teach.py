@@ -312,13 +312,18 @@ def render_method_steps(
     negative_share = steps.negative_share()
     st.caption(
         f"**{percent(negative_share)} of the sum is negative** ({steps.negative_positions()} of "
-        f"{height * width} positions): evidence against the class that the ReLU removes. "
-        f"S ranges {float(steps.weighted_sum.min()):.3g} to {float(steps.weighted_sum.max()):.3g}."
+        f"{height * width} positions): "
+        + (
+            "evidence against the class, which the ReLU removes. "
+            if negative_share > 0
+            else "no evidence against the class here, so the ReLU changes nothing (try a shallower layer). "
+        )
+        + f"S ranges {float(steps.weighted_sum.min()):.3g} to {float(steps.weighted_sum.max()):.3g}."
     )
 
     _heading("upsample")
     upsampled = steps.upsampled()
-    left, right = st.columns(2)
+    left, right, _ = st.columns(3)
     left.image(
         enlarge(sequential(upsampled, "viridis"), STEP_SIDE),
         caption=f"ReLU(S) upsampled {height}×{width} → {upsampled.shape[0]}×{upsampled.shape[1]} (bilinear)",
@@ -418,13 +423,14 @@ def render_edit(
     opacity: float,
 ) -> EditOutcome | None:
     """Box, fill, then both images, both top-5 lists and both sets of maps; None while closed."""
+    st.subheader("Try it on the model")
     expander = st.expander("Edit the image, watch the model", key=EDIT_OPEN, on_change="rerun")
     with expander:
         if not expander.open:
             return None
         st.caption(
             "Cover a part of the image and see what the model makes of it: a counterfactual made by hand "
-            "(cover the cat's face and watch “tabby” fall). Draw a box on the picture or set it with the "
+            "(cover the cat's face and watch its class fall). Draw a box on the picture or set it with the "
             "sliders, choose what fills it; the edited crop is explained with the same model, layer, "
             "class and methods."
         )

@@ -274,7 +274,7 @@ def test_download_this_view_writes_one_self_contained_file(monkeypatch):
         "tiger cat (282)",
         "Grad-CAM, Grad-CAM++, LayerCAM, Guided backprop, Guided Grad-CAM",
         "Avg drop",  # the faithfulness scores shown
-        "of the sum before the ReLU is negative",
+        "of 1280 channels carry",
         "box x 56–168, y 56–168 filled with mid-grey",
         'Reopen this view: <a href="http://localhost:8501/?page=explore&amp;sample=chelsea',
     ):

@@ -216,8 +216,13 @@ def steps_summary(steps: MapSteps) -> str:
     top = min(TOP_CHANNELS, count)
     height, width = steps.weighted_sum.shape
     negative = steps.negative_share()
+    relu = (
+        "the sum before the ReLU is positive everywhere, so the ReLU changes nothing"
+        if negative == 0
+        else f"{percent(negative)} of the sum before the ReLU is negative ({steps.negative_positions()} of "
+        f"{height * width} positions), and the ReLU removes it"
+    )
     return (
         f"The top {top} of {count} channels carry {percent(steps.top_share(top))} of Σ|W·A| (all channels' "
-        f"terms, either sign); {percent(negative)} of the sum before the ReLU is negative "
-        f"({steps.negative_positions()} of {height * width} positions), and the ReLU removes it."
+        f"terms, either sign); {relu}."
     )

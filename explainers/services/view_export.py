@@ -87,6 +87,7 @@ table { border-collapse: collapse; margin: 0.5rem 0; } td, th { border: 1px soli
 .pictures { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; width: 240px; } figure img { width: 240px; height: auto; image-rendering: pixelated; }
 figcaption { font-size: 0.85rem; color: #444; } .meta { color: #666; font-size: 0.85rem; }
+a { overflow-wrap: anywhere; }
 """
 
 
