@@ -13,10 +13,10 @@ from conftest import assert_untouched, frozen, module_state
 from torch import nn
 
 from explainers import METHODS, LayerError, MethodError, TargetError, explain, explain_batch
-from explainers.core import Method, cam_from_sum, register
 from explainers.errors import Cancelled, ExplainerInputError
-from explainers.metrics import faithfulness, faithfulness_batch
-from explainers.samples import augmented_samples
+from explainers.methods.core import Method, cam_from_sum, register
+from explainers.methods.metrics import faithfulness, faithfulness_batch
+from explainers.services.samples import augmented_samples
 
 # Score-CAM scores 8 channels per image (its masked passes run per image in both paths).
 SCORE_OPTIONS = {"max_channels": 8}

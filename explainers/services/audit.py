@@ -36,8 +36,11 @@ import numpy as np
 from PIL import Image
 
 from explainers import METHODS, explain
-from explainers.capture import check_target
-from explainers.cli import (
+from explainers.errors import ExplainerInputError, ImageError, reason
+from explainers.methods.capture import check_target
+from explainers.methods.core import method_title
+from explainers.methods.metrics import Box, Faithfulness, energy_in_box, faithfulness, parse_box, summarise
+from explainers.services.cli import (
     DEFAULT_METHODS,
     LAYER_HELP,
     OneLineParser,
@@ -46,12 +49,9 @@ from explainers.cli import (
     load_zoo,
     parse_methods,
 )
-from explainers.compare import find_class
-from explainers.core import method_title
-from explainers.errors import ExplainerInputError, ImageError, reason
-from explainers.images import load_image
-from explainers.metrics import Box, Faithfulness, energy_in_box, faithfulness, parse_box, summarise
-from explainers.render import draw_box, picture, to_numpy
+from explainers.services.compare import find_class
+from explainers.services.images import load_image
+from explainers.services.render import draw_box, picture, to_numpy
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 SCORES = ("energy_in_box", "average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc")
@@ -216,7 +216,7 @@ def audit_image(
 def summary_text(values: dict[str, float]) -> str:
     """One method's faithfulness over the folder, as one line."""
     if math.isnan(values["average_drop"]):
-        return "not scored (guided or blank maps: see explainers.metrics.faithfulness)"
+        return "not scored (guided or blank maps: see explainers.methods.metrics.faithfulness)"
     return (
         f"Average Drop {values['average_drop']:.1f}%, Increase in Confidence "
         f"{values['increase_in_confidence']:.1f}%, deletion AUC {values['deletion_auc']:.3f}, "

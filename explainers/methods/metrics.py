@@ -23,7 +23,7 @@ a note that says why (`GUIDED_NOTE`).
 Under a counterfactual map (what lowers the class) every score reads the other way: a map that
 works keeps what lowers the class, so image ⊙ map loses confidence (high Average Drop), and
 deleting its pixels first raises the class (high deletion AUC, low insertion AUC). The scores
-are computed the same way; `explainers.service.FaithfulnessScore` says which way they read.
+are computed the same way; `explainers.services.service.FaithfulnessScore` says which way they read.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ import torch
 from torch import nn
 from torchvision.transforms import functional as TF
 
-from explainers.capture import model_device
 from explainers.errors import Cancelled, ExplainerInputError
+from explainers.methods.capture import model_device
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, x1 and y1 exclusive
 
