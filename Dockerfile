@@ -1,6 +1,7 @@
 # CAM Explorer: the Streamlit app on port 8501.
 #   docker build -t cam-explorer .
 #   docker run --rm -p 8501:8501 cam-explorer      # then open http://localhost:8501
+# Several replicas behind nginx: deploy/compose.yaml.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,7 +16,7 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY .streamlit/ .streamlit/
-COPY app.py app_cache.py ./
+COPY pyproject.toml app.py app_cache.py app_box.py app_teach.py ./
 COPY app_pages/ app_pages/
 COPY explainers/ explainers/
 COPY models_zoo/ models_zoo/

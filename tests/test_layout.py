@@ -45,3 +45,19 @@ def test_old_cli_path_runs() -> None:
         check=True,
     )
     assert out.stdout.startswith("usage: python -m explainers.audit")
+
+
+def test_the_image_ships_every_top_level_module_of_the_app() -> None:
+    """The Dockerfile copies files by name: a new app_*.py left out would break only the image."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    dockerfile = (root / "Dockerfile").read_text()
+    copied = {
+        word for line in dockerfile.splitlines() if line.startswith("COPY") for word in line.split()[1:-1]
+    }
+    modules = {path.name for path in root.glob("*.py")}
+    assert modules <= copied, f"not in the Dockerfile: {sorted(modules - copied)}"
+    for folder in ("explainers/", "models_zoo/", "app_pages/", "assets/", ".streamlit/"):
+        assert folder in copied or folder.rstrip("/") in copied
+    assert "dockerfile: Dockerfile" in (root / "deploy" / "compose.yaml").read_text()
