@@ -74,10 +74,7 @@ OTHER_CLASS = -1  # the "another class" choice of the class radio
 SCORECAM, OCCLUSION = "scorecam", "occlusion"
 SLOW = (SCORECAM, OCCLUSION)
 LINK_PAGE_OPENED = "link_page_opened"  # in st.session_state: the page a link named was opened  # drawn last, in their own slots, with a progress bar
-OCCLUSION_BASELINES = {
-    "zero": "the training set's mean colour (model input 0)",
-    "blur": "the image blurred (removes detail, keeps colour)",
-}
+OCCLUSION_BASELINES = {"zero": "mean colour", "blur": "blurred image"}
 # Score-CAM's run request and stop, in st.session_state: the Run button's click asks for a run
 # (it survives reruns caused by other widgets, which restart it); Stop withdraws it.
 SCORECAM_REQUEST, SCORECAM_STOPPED = "scorecam_request", "scorecam_stopped"
@@ -388,6 +385,8 @@ def sidebar_occlusion(methods: list[str]) -> OcclusionSettings | None:
         list(BASELINES),
         format_func=OCCLUSION_BASELINES.get,
         key=app_teach.OCCLUSION_BASELINE,
+        help="Mean colour: the training set's mean colour (the model's input 0), as in Captum. Blurred "
+        "image: the window's own pixels blurred, which removes detail but keeps colour.",
     )
     return OcclusionSettings(int(window), int(stride), baseline)
 
