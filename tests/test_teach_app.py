@@ -302,6 +302,8 @@ def test_scorecam_steps_show_the_masked_inputs_and_their_scores():
     at.run()
     masked = [c for c in captions(at) if re.fullmatch(r"#\d+ · p = [\d.]+%", c)]
     assert len(masked) == 8
-    assert any(c.startswith("The input seen through the masks of the top 8 of 1280 channels") for c in texts(at))
+    assert any(
+        c.startswith("The input seen through the masks of the top 8 of 1280 channels") for c in texts(at)
+    )
     assert any(c.startswith("the chosen channel as a mask") for c in captions(at))
     assert any("p_c\\big(X\\odot H^k\\big)" in latex.value for latex in at.latex)
