@@ -85,10 +85,7 @@ OTHER_CLASS = -1  # the "another class" choice of the class radio
 SCORECAM, OCCLUSION = "scorecam", "occlusion"
 SLOW = (SCORECAM, OCCLUSION)
 LINK_PAGE_OPENED = "link_page_opened"  # in st.session_state: the page a link named was opened  # drawn last, in their own slots, with a progress bar
-OCCLUSION_BASELINES = {
-    "zero": "the training set's mean colour (model input 0)",
-    "blur": "the image blurred (removes detail, keeps colour)",
-}
+OCCLUSION_BASELINES = {"zero": "mean colour", "blur": "blurred image"}
 # Score-CAM's run request and stop, in st.session_state: the Run button's click asks for a run
 # (it survives reruns caused by other widgets, which restart it); Stop withdraws it.
 SCORECAM_REQUEST, SCORECAM_STOPPED = "scorecam_request", "scorecam_stopped"
@@ -399,6 +396,8 @@ def sidebar_occlusion(methods: list[str]) -> OcclusionSettings | None:
         list(BASELINES),
         format_func=OCCLUSION_BASELINES.get,
         key=app_teach.OCCLUSION_BASELINE,
+        help="Mean colour: the training set's mean colour (the model's input 0), as in Captum. Blurred "
+        "image: the window's own pixels blurred, which removes detail but keeps colour.",
     )
     return OcclusionSettings(int(window), int(stride), baseline)
 
@@ -586,7 +585,7 @@ def render_scorecam(
     if request.counterfactual:
         slot.warning("Score-CAM has no counterfactual variant (it uses no gradients).")
         return None
-    key = (request.digest, request.model, request.random_weights, request.layer, request.target, max_channels)
+    key = scorecam_key(request, max_channels)
     result = scorecam_results().get(key)
     if result is None:
         result = run_scorecam(slot, key, request, image, max_channels)
@@ -675,14 +674,7 @@ def render_occlusion(
 ) -> tuple[ExplanationResult | None, dict[str, float]]:
     """Occlusion's panel: run with a progress bar (its cost is known and bounded), then the map and
     its Spearman correlation with each CAM on this image. Returns its result and those correlations."""
-    key = (
-        request.digest,
-        request.model,
-        request.random_weights,
-        request.target,
-        request.counterfactual,
-        settings,
-    )
+    key = occlusion_key(request, settings)
     result = occlusion_results().get(key)
     if result is None:
         zoo_model = get_model(request.model, request.random_weights)
@@ -916,30 +908,21 @@ def explore() -> None:
         with right:
             if result.maps:  # empty when every chosen method was refused (see the warnings)
                 render_inspector(result, result_key, display)
-    steps_slot = st.container()  # filled last, when Score-CAM's and occlusion's results are known
+    # Score-CAM's and occlusion's results as far as they are stored: a run that computes one reruns
+    # the page (below), so that the sections here show it too.
+    extra = stored_slow(request, methods, max_channels, occlusion)
+    cams = {m: result.maps[m] for m in result.methods("cam")} if result else {}
+    cams.update({m: r.maps[m] for m, r in extra if m == SCORECAM})
+    occluded = dict(extra).get(OCCLUSION)
+    agreement = service.spearman_with(occluded.maps[OCCLUSION], cams) if occluded else {}
+    entries = [(m, result) for m in result.methods("cam")] if result else []
+    app_teach.render_steps(entries + extra, display.colormap, display.opacity, zoo_model.preprocess.mean)
     if result is not None:
         edit = app_teach.render_edit(
             request, image, result, others, predictions, display.colormap, display.opacity
         )
     render_top_classes(request, image, methods, display)
     render_sweep(request, image, display)
-    share_slot = st.container()
-    extra: list[tuple[str, ExplanationResult]] = []
-    agreement: dict[str, float] = {}
-    if SCORECAM in slots:  # last: the rest of the page is drawn while Score-CAM runs
-        scored = render_scorecam(slots[SCORECAM], request, image, max_channels, display, show_scores)
-        extra += [(SCORECAM, scored)] if scored is not None else []
-    if OCCLUSION in slots:
-        cams = {m: result.maps[m] for m in result.methods("cam")} if result else {}
-        cams.update({m: r.maps[m] for m, r in extra})
-        occluded, agreement = render_occlusion(
-            slots[OCCLUSION], request, image, occlusion, display, show_scores, cams
-        )
-        extra += [(OCCLUSION, occluded)] if occluded is not None else []
-    entries = [(m, result) for m in result.methods("cam")] if result else []
-    with steps_slot:
-        mean = zoo_model.preprocess.mean
-        app_teach.render_steps(entries + extra, display.colormap, display.opacity, mean)
     link = current_link(
         choice, model_request, layer, target, counterfactual, methods, display, edit, occlusion
     )
@@ -965,11 +948,56 @@ def explore() -> None:
             for m, message in (result.errors if result else {}).items()
         ],
     )
-    with share_slot:
-        stem = f"{Path(choice.name).stem}_{zoo_model.name}_class{target}".replace(" ", "_")
-        app_teach.render_share(
-            url, is_upload(choice), partial(app_teach.view_report, parts), f"{stem}_view.html"
+    stem = f"{Path(choice.name).stem}_{zoo_model.name}_class{target}".replace(" ", "_")
+    app_teach.render_share(url, is_upload(choice), partial(app_teach.view_report, parts), f"{stem}_view.html")
+    # Last: the rest of the page is drawn while Score-CAM or occlusion runs.
+    stored = dict(extra)
+    fresh, scored = False, None
+    if SCORECAM in slots:
+        scored = render_scorecam(slots[SCORECAM], request, image, max_channels, display, show_scores)
+        fresh |= scored is not None and SCORECAM not in stored
+    if OCCLUSION in slots:
+        cams.update({SCORECAM: scored.maps[SCORECAM]} if scored is not None else {})
+        occluded, _ = render_occlusion(
+            slots[OCCLUSION], request, image, occlusion, display, show_scores, cams
         )
+        fresh |= occluded is not None and OCCLUSION not in stored
+    if fresh:  # draw the step view, the link and the download with the new map
+        st.rerun()
+
+
+def stored_slow(
+    request: ExplainRequest, methods: list[str], max_channels: int | None, occlusion: OcclusionSettings | None
+) -> list[tuple[str, ExplanationResult]]:
+    """The chosen slow methods' results already in their stores, as (method, result)."""
+    found = []
+    if SCORECAM in methods and not request.counterfactual:
+        found.append((SCORECAM, scorecam_results().get(scorecam_key(request, max_channels))))
+    if OCCLUSION in methods:
+        found.append((OCCLUSION, occlusion_results().get(occlusion_key(request, occlusion))))
+    return [(method, result) for method, result in found if result is not None]
+
+
+def scorecam_key(request: ExplainRequest, max_channels: int | None) -> tuple:
+    return (
+        request.digest,
+        request.model,
+        request.random_weights,
+        request.layer,
+        request.target,
+        max_channels,
+    )
+
+
+def occlusion_key(request: ExplainRequest, settings: OcclusionSettings) -> tuple:
+    return (
+        request.digest,
+        request.model,
+        request.random_weights,
+        request.target,
+        request.counterfactual,
+        settings,
+    )
 
 
 def is_upload(choice: ImageChoice) -> bool:

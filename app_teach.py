@@ -250,8 +250,9 @@ def render_method_steps(
     columns = st.columns(TOP_CHANNELS)
     for column, picture, caption in zip(columns, pictures, captions, strict=False):
         column.image(picture, caption=caption, width="stretch")
+    what = "The input seen through the masks" if method == "scorecam" else "Channel activations A"
     st.caption(
-        f"Channel activations A of the top {len(top)} of {count} channels ({height}×{width} each). "
+        f"{what} of the top {len(top)} of {count} channels ({height}×{width} each). "
         f"**These {len(top)} carry {percent(steps.top_share())} of the total Σ|W·A|**; the other "
         f"{count - len(top)} share the rest."
     )
@@ -371,7 +372,11 @@ def render_occlusion_steps(
         )
     st.markdown("##### 2 · The drop at every position")
     st.latex(r"d_p = p_c(X) - p_c(X_p)")
-    st.plotly_chart(sum_figure(grid.drops), width="stretch", key="steps_sum:occlusion")
+    st.plotly_chart(
+        sum_figure(grid.drops, ("d at each window position", "ReLU(d)")),
+        width="stretch",
+        key="steps_sum:occlusion",
+    )
     negative = float(-grid.drops[grid.drops < 0].sum())
     total = float(np.abs(grid.drops).sum())
     st.caption(

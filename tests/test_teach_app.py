@@ -287,3 +287,23 @@ def test_a_link_to_another_page_opens_it(page):
     assert not at.warning and not at.error
     title = {"lessons": "Lessons", "trust": "Trust & bias"}[page]
     assert at.title[0].value == title
+
+
+def test_scorecam_steps_show_the_masked_inputs_and_their_scores():
+    at = open_app()
+    at.pills(key="methods").set_value(["gradcam", "scorecam"]).run()
+    at.slider(key="scorecam_channels").set_value(8).run()
+    assert "Score-CAM: how this map was made" not in [e.label for e in at.expander], "not run yet"
+    at.button(key="scorecam_run").click().run()
+    assert not at.exception and not at.error
+    # The run reruns the page, so the sections drawn before Score-CAM show it at once.
+    assert "Score-CAM: how this map was made" in [e.label for e in at.expander]
+    at.session_state["steps_open:scorecam"] = True
+    at.run()
+    masked = [c for c in captions(at) if re.fullmatch(r"#\d+ · p = [\d.]+%", c)]
+    assert len(masked) == 8
+    assert any(
+        c.startswith("The input seen through the masks of the top 8 of 1280 channels") for c in texts(at)
+    )
+    assert any(c.startswith("the chosen channel as a mask") for c in captions(at))
+    assert any("p_c\\big(X\\odot H^k\\big)" in latex.value for latex in at.latex)

@@ -310,14 +310,14 @@ def weights_figure(
     return figure
 
 
-def sum_figure(weighted_sum: np.ndarray) -> go.Figure:
+def sum_figure(
+    weighted_sum: np.ndarray, titles: tuple[str, str] = ("S before the ReLU", "ReLU(S): the map")
+) -> go.Figure:
     """The weighted sum S before the ReLU (diverging, zero white) and after it, side by side on one
-    colour scale, each cell's value on hover."""
+    colour scale, each cell's value on hover (``titles`` name the two)."""
     values = np.asarray(weighted_sum, dtype=np.float64)
     scale = float(np.abs(values).max()) or 1.0
-    figure = make_subplots(
-        rows=1, cols=2, subplot_titles=("S before the ReLU", "ReLU(S): the map"), horizontal_spacing=0.08
-    )
+    figure = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.08)
     for col, z in ((1, values), (2, np.maximum(values, 0))):
         figure.add_trace(
             go.Heatmap(

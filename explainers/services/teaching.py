@@ -124,7 +124,7 @@ METHOD_TEXTS: dict[str, MethodText] = {
         ),
         source="Zhou et al., “Learning Deep Features for Discriminative Localization”, CVPR 2016 "
         "(arXiv:1512.04150)",
-        weights="the final linear layer's weights for the class, sorted (with sign).",
+        weights="The final linear layer's weights for the class, sorted (with sign).",
         own="",
     ),
     "scorecam": MethodText(
@@ -139,7 +139,7 @@ METHOD_TEXTS: dict[str, MethodText] = {
         ),
         source="Wang et al., “Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural "
         "Networks”, CVPR Workshops 2020 (arXiv:1910.01279); weights as in the authors' code",
-        weights="the class probability on each channel's masked image, sorted (0 for channels not scored).",
+        weights="The class probability on each channel's masked image, sorted (0 for channels not scored).",
         own="the chosen channel as a mask (its activation scaled to [0, 1])",
     ),
     "occlusion": MethodText(
