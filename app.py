@@ -57,7 +57,7 @@ from explainers.services.formats import signed
 from explainers.services.render import COLORMAPS, overlay
 from explainers.services.samples import list_samples
 from explainers.services.service import ExplanationResult, FaithfulnessScore, OcclusionSettings, Prediction
-from explainers.services.view_link import ViewLink
+from explainers.services.view_link import OCCLUSION_WINDOW, ViewLink
 from models_zoo import ZooModel, list_zoo
 from models_zoo.custom import architectures
 from models_zoo.folder import list_folder_models, models_dir
@@ -372,11 +372,12 @@ def sidebar_occlusion(methods: list[str]) -> OcclusionSettings | None:
     if OCCLUSION not in methods:
         return None
     st.session_state.setdefault(app_teach.OCCLUSION_WINDOW, 32)
+    low, high, step = OCCLUSION_WINDOW
     window = st.sidebar.slider(
         "Occlusion window (px)",
-        4,
-        128,
-        step=4,
+        low,
+        high,
+        step=step,
         key=app_teach.OCCLUSION_WINDOW,
         help="The side of the square that covers the image; larger windows hide whole parts, smaller "
         "ones details (more passes).",

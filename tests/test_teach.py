@@ -131,6 +131,8 @@ def test_link_round_trip():
         ("box", "10,10,5,5", "has no area"),
         ("box", "1,2,3", "four whole numbers"),
         ("occlusion", "32,64,zero", "stride must be from 1 to the window"),
+        ("occlusion", "200,16,zero", "window must be from 4 to 128 px"),  # beyond the slider
+        ("occlusion", "2,1,zero", "window must be from 4 to 128 px"),
         ("zoom", "2", "this page reads no such parameter"),
     ],
 )

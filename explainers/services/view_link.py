@@ -41,6 +41,8 @@ PARAMS = (
     "occlusion",
 )
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# Occlusion's window in pixels as the page's slider offers it: (smallest, largest, step).
+OCCLUSION_WINDOW = (4, 128, 4)
 
 
 @dataclass(frozen=True)
@@ -293,6 +295,9 @@ def _occlusion(text, *_):
             f"“{text}” is not window,stride,baseline (e.g. 32,16,zero; baseline {', '.join(BASELINES)})"
         )
     window, stride = _integers(",".join(parts[:2]), 2, "a window and a stride in pixels")
+    low, high, _ = OCCLUSION_WINDOW
+    if not low <= window <= high:
+        raise ValueError(f"“{text}”: the window must be from {low} to {high} px")
     if not 1 <= stride <= window:
         raise ValueError(f"“{text}”: the stride must be from 1 to the window")
     return (window, stride, parts[2])
