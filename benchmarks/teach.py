@@ -63,9 +63,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from explainers import service
-    from explainers.core import Evidence
-    from explainers.edits import ImageEdit
-    from explainers.steps import map_steps
+    from explainers.methods.core import Evidence
+    from explainers.methods.steps import map_steps
+    from explainers.services.edits import ImageEdit
     from models_zoo import load_model
 
     zoo = load_model("efficientnet_lite0", device="cpu")
