@@ -15,7 +15,7 @@ from torch import nn
 from explainers import METHODS, LayerError, MethodError, TargetError, explain, explain_batch
 from explainers.errors import Cancelled, ExplainerInputError
 from explainers.methods.core import Method, cam_from_sum, register
-from explainers.methods.metrics import faithfulness, faithfulness_batch
+from explainers.methods.metrics import CPU_SCORE_BATCH_SIZES, faithfulness, faithfulness_batch
 from explainers.services.samples import augmented_samples
 
 # Score-CAM scores 8 channels per image (its masked passes run per image in both paths).
@@ -349,6 +349,7 @@ def test_faithfulness_batch_shares_batches_and_the_baseline(gap_linear):
         assert_same_scores(
             scores[i], faithfulness(gap_linear, x[i : i + 1], maps[i], targets[i], steps=6, blur=1.0)
         )
+    assert not scores[0]["m0"].curves["deletion"].is_inference()  # plain tensors, free to modify
     for size in (1, 5, 200):  # any batch size: the same scores
         again = faithfulness_batch(gap_linear, x, maps, targets, steps=6, blur=1.0, batch_size=size)
         for ours, theirs in zip(again, scores, strict=True):
@@ -357,6 +358,28 @@ def test_faithfulness_batch_shares_batches_and_the_baseline(gap_linear):
     for i in range(5):
         assert_same_scores(only_drop[i], faithfulness(gap_linear, x[i : i + 1], maps[i], targets[i], steps=0))
         assert only_drop[i]["m0"].curves is None
+
+
+def test_faithfulness_batch_times_batch_sizes_on_a_cpu_and_keeps_the_fastest(gap_linear):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, 16, 16, generator=generator)
+    maps = [{f"m{k}": torch.rand(16, 16, generator=generator) for k in range(2)} for _ in range(6)]
+    targets = [0, 1, 2, 0, 1, 2]
+    calls = []
+    handle = gap_linear.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    try:
+        scores = faithfulness_batch(gap_linear, x, maps, targets, steps=12, blur=1.0)
+    finally:
+        handle.remove()
+    trials = [*CPU_SCORE_BATCH_SIZES] * 2
+    assert calls[: len(trials)] == trials  # each candidate twice, on the real work
+    chosen = calls[len(trials) : -1]
+    assert chosen and len(set(chosen)) == 1 and chosen[0] in CPU_SCORE_BATCH_SIZES
+    assert sum(calls) == 6 * (3 + 2 + 2 * 2 * 11 - 1) + 1
+    for i in range(6):
+        assert_same_scores(
+            scores[i], faithfulness(gap_linear, x[i : i + 1], maps[i], targets[i], steps=12, blur=1.0)
+        )
 
 
 def test_faithfulness_batch_checks_its_arguments_and_can_be_stopped(gap_linear):

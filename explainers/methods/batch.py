@@ -35,10 +35,11 @@ from explainers.methods.core import (
 
 T = TypeVar("T")
 
-# Images per batched pass when the options give no ``batch_size``. On two CPU cores at 224 x 224
-# the per-image time flattens out by 16 (EfficientNet-Lite0, ResNet-18); a mid-layer backward
-# holds the activations of the rest of the network for the whole batch, which bounds it on a GPU.
-CPU_BATCH_SIZE = 16
+# Images per batched pass when the options give no ``batch_size``. On two loaded CPU cores a
+# forward pass of EfficientNet-Lite0 at 224 x 224 costs the least per image at 4-8 images (36
+# CPU-ms at 8, 42 at 16, 59 at 32: larger batches leave the caches); ResNets gain little beyond.
+# On a GPU a mid-layer backward holds the rest of the network's activations for the whole batch.
+CPU_BATCH_SIZE = 8
 GPU_BATCH_SIZE = 64
 
 
@@ -234,7 +235,7 @@ def explain_batch(
         eigen_smooth: as for `explain`.
         options: method options, as for `explain`; ``batch_size`` is the number of images per
             forward pass, here and in the methods' own passes (Score-CAM's masked images);
-            default 16 on a CPU, 64 on a GPU.
+            default 8 on a CPU, 64 on a GPU.
 
     Returns:
         One `Explanation` per image, in order; ``seconds`` is each image's share of its
