@@ -51,6 +51,10 @@ class BoundedStore(Generic[V]):
                 self._items.move_to_end(key)
             return self._items.get(key)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def put(self, key: Hashable, value: V) -> None:
         with self._lock:
             self._items[key] = value
@@ -206,7 +210,14 @@ def get_sweep(
     return service.layer_sweep(zoo_model, _image, method, target, counterfactual, fuse)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)  # the page shows a progress bar instead
+@st.cache_resource
+def faithfulness_results() -> BoundedStore[dict[str, FaithfulnessScore]]:
+    # Not an st.cache_data function: the scoring draws a progress bar into a block the page made,
+    # and st.cache_data would replay that drawing on a cache hit, into a block that no longer
+    # exists (CacheReplayClosureError in the next session or rerun that asks for the same scores).
+    return BoundedStore(64)
+
+
 def get_faithfulness(
     key: tuple,
     model: str,
@@ -216,7 +227,16 @@ def get_faithfulness(
     _result: ExplanationResult,
     _progress: Callable[[int, int], object] | None = None,
 ) -> dict[str, FaithfulnessScore]:
-    # `key` names the explanation `_result` came from (its cache key).
-    return service.score_faithfulness(
-        get_model(model, random_weights), _image, _result, methods, progress=_progress
-    )
+    """The faithfulness scores of a result's maps, computed once per (explanation, methods).
+
+    `key` names the explanation `_result` came from (its cache key); `_progress` is called as the
+    forward passes are done (the page's progress bar).
+    """
+    store_key = (key, model, random_weights, methods)
+    scores = faithfulness_results().get(store_key)
+    if scores is None:
+        scores = service.score_faithfulness(
+            get_model(model, random_weights), _image, _result, methods, progress=_progress
+        )
+        faithfulness_results().put(store_key, scores)
+    return scores

@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 import explainers.service
 from app import RANDOM_WEIGHTS_BANNER
+from app_cache import faithfulness_results
 from explainers.service import default_methods, method_title
 
 OTHER_CLASS = -1
@@ -359,6 +360,7 @@ def test_faithfulness_scores_under_each_map(monkeypatch):
         return score(*args, progress=report, **kwargs)
 
     monkeypatch.setattr(explainers.service, "score_faithfulness", watched)
+    faithfulness_results().clear()  # scores another test left would come without progress
     at = open_app()
     assert not any("Avg drop" in c.value for c in at.caption), "off by default"
     at.toggle(key="faithfulness").set_value(True).run()
