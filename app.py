@@ -290,10 +290,12 @@ def sidebar_layer(zoo_model: ZooModel) -> str:
     layers = zoo_model.layers()
     names = [layer.name for layer in layers]
     labels = {layer.name: layer.label for layer in layers}
+    # Defaults go into the session state rather than the widget, so that a link's value set there
+    # (app_teach.read_link) meets no competing default (Streamlit logs a warning for that).
+    st.session_state.setdefault(f"layer:{zoo_model.name}", zoo_model.default_layer)
     return st.sidebar.selectbox(
         "Target layer",
         names,
-        index=names.index(zoo_model.default_layer),
         format_func=lambda name: labels[name] + (" ★" if name == zoo_model.default_layer else ""),
         key=f"layer:{zoo_model.name}",
         help="★ the recommended target: the final feature map, the rectified map the classifier head "
@@ -323,10 +325,10 @@ def sidebar_class(predictions: list[Prediction], labels: tuple[str, ...], contex
         help="The predicted class first, then the rest of the top 5.",
     )
     if pick == OTHER_CLASS:
+        st.session_state.setdefault(f"other_class:{context}", predictions[0].index)
         pick = st.sidebar.selectbox(
             "Any class (type to search)",
             range(len(labels)),
-            index=predictions[0].index,
             format_func=lambda index: f"{labels[index]} ({index})",  # ImageNet repeats some names
             key=f"other_class:{context}",
         )
@@ -340,11 +342,11 @@ def sidebar_methods() -> list[str]:
     st.sidebar.header("Methods")
     # Pills wrap and show every method, chosen or not; a multiselect hid its last chips in a
     # scrolling box.
+    st.session_state.setdefault("methods", service.default_methods())
     return st.sidebar.pills(
         "Methods",
         service.method_options(),
         selection_mode="multi",
-        default=service.default_methods(),
         format_func=service.method_title,
         key="methods",
         label_visibility="collapsed",
@@ -417,7 +419,8 @@ def sidebar_scores() -> bool:
 def sidebar_display() -> Display:
     st.sidebar.header("Display")
     colormap = st.sidebar.selectbox("Colormap", list(COLORMAPS), key="colormap")
-    opacity = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
+    st.session_state.setdefault("opacity", 0.5)
+    opacity = st.sidebar.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="opacity")
     return Display(colormap, opacity)
 
 

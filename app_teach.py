@@ -455,9 +455,11 @@ def render_edit(
             offset = (0, 0)
             if fill == "patch":
                 dx0, dy0 = default_offset(box, (width, height))
+                st.session_state.setdefault(EDIT_DX, dx0)  # defaults in the state: a link may set them
+                st.session_state.setdefault(EDIT_DY, dy0)
                 a, b = st.columns(2)
-                dx = a.number_input("Patch from: dx (px, + is right)", -width, width, dx0, key=EDIT_DX)
-                dy = b.number_input("dy (px, + is down)", -height, height, dy0, key=EDIT_DY)
+                dx = a.number_input("Patch from: dx (px, + is right)", -width, width, key=EDIT_DX)
+                dy = b.number_input("dy (px, + is down)", -height, height, key=EDIT_DY)
                 offset = (int(dx), int(dy))
         edit = ImageEdit(box, fill, offset)
         try:

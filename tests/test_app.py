@@ -359,6 +359,9 @@ def test_faithfulness_scores_under_each_map(monkeypatch):
         return score(*args, progress=report, **kwargs)
 
     monkeypatch.setattr(explainers.services.service, "score_faithfulness", watched)
+    app_cache.SIZED_CACHES[
+        "faithfulness"
+    ].store.clear()  # scores another test left would come without progress
     at = open_app()
     assert not any("Avg drop" in c.value for c in at.caption), "off by default"
     at.toggle(key="faithfulness").set_value(True).run()

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import re
 from html.parser import HTMLParser
 
 import pytest
 from conftest import ROOT, run_page
 from PIL import Image
+from streamlit.elements.lib import policies
 from streamlit.testing.v1 import AppTest
 
+import app_cache
 import app_teach
 import explainers.services.service
 
@@ -150,7 +153,21 @@ def test_occlusion_runs_with_progress_and_is_compared_with_each_cam():
 # ----------------------------------------------------------------------------- the link
 
 
-def test_a_link_opens_on_its_view():
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_link_opens_on_its_view(monkeypatch):
+    # Streamlit logs (once per process) a widget that has a default and a value set in the session
+    # state; the page puts its defaults in the state, so a link's values never meet one.
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    records = Records()
+    logging.getLogger(policies.__name__).addHandler(records)
     query = {
         "page": "explore",
         "sample": "two_cats",
@@ -184,6 +201,8 @@ def test_a_link_opens_on_its_view():
     # The address bar keeps the view: the same parameters come back (the link is the view).
     for key, value in query.items():
         assert at.query_params[key] in (value, [value]), key
+    logging.getLogger(policies.__name__).removeHandler(records)
+    assert not [m for m in records.messages if "default value" in m], records.messages
 
 
 def test_invalid_link_values_are_named_and_the_page_keeps_working():
@@ -255,7 +274,12 @@ def test_download_this_view_writes_one_self_contained_file(monkeypatch):
     at.session_state["edit_open"] = True
     at.session_state["faithfulness"] = True
     at.session_state["steps_open:gradcam"] = True
-    at.run()
+    try:
+        at.run()
+    finally:
+        app_cache.SIZED_CACHES[
+            "faithfulness"
+        ].store.clear()  # the scores of the default view: leave none to other tests
     assert not at.exception
     (button,) = [b for b in at.get("download_button") if b.proto.label == "Download this view (HTML)"]
     assert written["file_name"] == "Chelsea_the_cat_efficientnet_lite0_class282_view.html"

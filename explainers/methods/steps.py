@@ -29,9 +29,11 @@ from explainers.methods.cam import GradCAMPlusPlus, WeightedActivationCAM
 from explainers.methods.core import Evidence, cam_from_sum, get_method
 
 # Activations (and as many gradients) kept per request, in values: (C, h, w) whole up to this
-# (4 MB each in float32: every layer of the zoo's ResNets, EfficientNets and ViTs); beyond it
-# only the channels that contribute most to some map (VGG's first layers, 64×224×224).
-KEEP_VALUES = 2**20
+# (2 MB each in float32; the app caches 64 explanations). EfficientNet-Lite0's and ResNet-18's
+# every stage fits; beyond it (ResNet-50's first stage, 256×56×56; VGG's first layers) only the
+# channels that contribute most to some map are kept, so the thumbnails and chosen channels
+# stay available and the sum shown is still the full one.
+KEEP_VALUES = 2**19
 TOP_CHANNELS = 8  # the channels shown as thumbnails
 
 
