@@ -8,6 +8,7 @@
 """
 
 from explainers import cam, guided, score  # noqa: F401  (register the method families)
+from explainers.batch import explain_batch
 from explainers.core import METHODS, Evidence, Explanation, Method, explain, get_method, register
 from explainers.errors import (
     Cancelled,
@@ -34,6 +35,7 @@ __all__ = [
     "ScoreOptions",
     "TargetError",
     "explain",
+    "explain_batch",
     "explain_classes",
     "fuse_layers",
     "get_method",

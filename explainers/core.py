@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,9 @@ from torch import nn
 
 from explainers.capture import Captured, capture_targets, model_device, parse_target
 from explainers.errors import ExplainerInputError, MethodError, TargetError, did_you_mean
+
+if TYPE_CHECKING:
+    from explainers.batch import BatchEvidence
 
 T = TypeVar("T")
 
@@ -87,21 +90,7 @@ class Evidence:
 
     @cached_property
     def _forward(self) -> tuple[torch.Tensor, dict[str, Captured]]:
-        shape = tuple(self.x.shape[1:])
-        with capture_targets(self.model, self.layers, shape) as captured, torch.no_grad():
-            logits = self.model(self.x)
-        missing = [name for name in self.layers if name not in captured]
-        if missing:
-            target = parse_target(missing[0])
-            if target.part == "relu":
-                raise ExplainerInputError(
-                    f"No ReLU is applied to the output of {target.module!r} (it is rectified already, "
-                    f"or its activation is not a ReLU); use {target.module!r} itself, or another layer."
-                )
-            raise ExplainerInputError(f"Layer {missing[0]!r} did not run in the forward pass.")
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-            raise ExplainerInputError("The model must return class scores of shape (1, num_classes).")
-        return logits, captured
+        return capture_forward(self.model, self.x, self.layers)
 
     @property
     def logits(self) -> torch.Tensor:
@@ -161,6 +150,33 @@ class Evidence:
         return self._results[key]
 
 
+def capture_forward(
+    model: nn.Module, x: torch.Tensor, layers: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, Captured]]:
+    """One forward pass of ``x`` (N, C, H, W) capturing ``layers``: (logits (N, num_classes), captures).
+
+    Autograd records the network from the shallowest captured layer on (see `capture_targets`).
+
+    Raises:
+        ExplainerInputError (and subclasses): a layer that is unknown, not a feature map or did
+            not run; a model that does not return (N, num_classes) scores.
+    """
+    with capture_targets(model, layers, tuple(x.shape[1:])) as captured, torch.no_grad():
+        logits = model(x)
+    missing = [name for name in layers if name not in captured]
+    if missing:
+        target = parse_target(missing[0])
+        if target.part == "relu":
+            raise ExplainerInputError(
+                f"No ReLU is applied to the output of {target.module!r} (it is rectified already, "
+                f"or its activation is not a ReLU); use {target.module!r} itself, or another layer."
+            )
+        raise ExplainerInputError(f"Layer {missing[0]!r} did not run in the forward pass.")
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+        raise ExplainerInputError(f"The model must return class scores of shape ({x.shape[0]}, num_classes).")
+    return logits, captured
+
+
 class Method:
     """One explanation method. Subclasses set `name`, `kind` and override `compute`.
 
@@ -179,6 +195,16 @@ class Method:
         raw is the map at the layer's resolution before normalisation, map is what is shown.
         """
         raise NotImplementedError
+
+    def prepare_batch(self, batch: BatchEvidence, layer: str) -> None:
+        """Run this method's own extra passes once for a batch of images (`explainers.batch`).
+
+        A method with passes beyond the shared forward and backward (the guided family's
+        rectified backward) may compute them for all images at once and hand each image its
+        share through ``batch.share``; `compute` then finds them in the image's evidence. The
+        default does nothing: `compute` runs per image, on evidence whose forward pass,
+        targets and gradients come from the batch, so every method works on a batch unchanged.
+        """
 
 
 METHODS: dict[str, Method] = {}

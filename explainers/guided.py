@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from torch.overrides import TorchFunctionMode
 from explainers.core import Evidence, Method, batched_grad, register
 from explainers.errors import MethodError
 from models_zoo.targets import RELU_CALLS
+
+if TYPE_CHECKING:
+    from explainers.batch import BatchEvidence
 
 
 @dataclass
@@ -106,15 +109,19 @@ class _RectifyReLUs(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _rectified_forward(evidence: Evidence) -> tuple[torch.Tensor, torch.Tensor, _Rule]:
-    """The guided forward pass: (target scores (k,), input leaf (1, 3, H, W), the pass's rule)."""
-    model = evidence.model
+def rectified_forward(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Rule]:
+    """The guided forward pass of images x (N, C, H, W): (logits (N, classes), the input leaf, the
+    pass's rule), recorded for a backward to the input alone.
+
+    Raises:
+        MethodError: a TorchScript model, an activation without a guided rule, or no ReLU at all.
+    """
     if any(isinstance(module, torch.jit.ScriptModule) for module in model.modules()):
         raise MethodError(
             "Guided backprop and deconvnet cannot see the ReLUs inside a TorchScript model; "
             "use the model's Python version, or a CAM method."
         )
-    x = evidence.x.detach().requires_grad_(True)  # gradients go to the input only, not to parameters
+    x = x.detach().requires_grad_(True)  # gradients go to the input only, not to parameters
     rule = _Rule()
     mode = _RectifyReLUs(rule)
     with torch.enable_grad(), mode:
@@ -130,10 +137,21 @@ def _rectified_forward(evidence: Evidence) -> tuple[torch.Tensor, torch.Tensor, 
             "No ReLU ran in the model's forward pass, so guided backprop and deconvnet would show "
             "the plain gradient. Use a CAM method, or a ReLU model (ResNet, VGG, EfficientNet-Lite)."
         )
+    return logits, x, rule
+
+
+def _rectified_forward(evidence: Evidence) -> tuple[torch.Tensor, torch.Tensor, _Rule]:
+    """The guided forward pass of one image: (target scores (k,), input leaf (1, 3, H, W), rule)."""
+    logits, x, rule = rectified_forward(evidence.model, evidence.x)
     scores = logits[0, evidence.targets]
     # Counterfactual: the rectified gradient of -y^c, what lowers the class (as the CAMs' negated
     # gradients); the ReLU rules then keep the positive part of that signal, not of y^c's.
     return (-scores if evidence.counterfactual else scores), x, rule
+
+
+def _rule_key(mask_by_input: bool) -> str:
+    """The `Evidence.memo` key of one rule's input gradients."""
+    return f"guided:mask_by_input={mask_by_input}"
 
 
 def rectified_input_gradients(evidence: Evidence, mask_by_input: bool) -> torch.Tensor:
@@ -150,7 +168,26 @@ def rectified_input_gradients(evidence: Evidence, mask_by_input: bool) -> torch.
         (grads,) = batched_grad(scores, [x], retain_graph=True)  # (k, 3, H, W)
         return grads.permute(0, 2, 3, 1).contiguous()
 
-    return evidence.memo(f"guided:mask_by_input={mask_by_input}", backward)
+    return evidence.memo(_rule_key(mask_by_input), backward)
+
+
+def _batch_rectified_gradients(batch: BatchEvidence, mask_by_input: bool) -> torch.Tensor:
+    """`rectified_input_gradients` of every image of a batch from one forward pass and one
+    backward per rule: (N, H, W, 3). Images are independent in eval mode, so the gradient of
+    sum_i y^{c_i}(x_i) with respect to the batch is each image's own gradient."""
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor, _Rule]:
+        logits, x, rule = rectified_forward(batch.model, batch.x)
+        scores = logits[torch.arange(logits.shape[0], device=logits.device), batch.targets]
+        return (-scores if batch.counterfactual else scores), x, rule
+
+    def backward() -> torch.Tensor:
+        scores, x, rule = batch.memo("guided:forward", forward)
+        rule.mask_by_input = mask_by_input
+        (grads,) = torch.autograd.grad(scores.sum(), [x], retain_graph=True)  # (N, 3, H, W)
+        return grads.permute(0, 2, 3, 1)
+
+    return batch.memo(_rule_key(mask_by_input), backward)
 
 
 class RectifiedGradient(Method):
@@ -164,6 +201,10 @@ class RectifiedGradient(Method):
     kind = "guided"
     mask_by_input: ClassVar[bool] = True
     cam: ClassVar[str | None] = None  # a CAM method whose upsampled map multiplies the gradient
+
+    def prepare_batch(self, batch: BatchEvidence, layer: str) -> None:
+        grads = _batch_rectified_gradients(batch, self.mask_by_input)  # (N, H, W, 3)
+        batch.share(_rule_key(self.mask_by_input), lambda i: grads[i : i + 1].contiguous())
 
     def compute(self, evidence: Evidence, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
         grads = rectified_input_gradients(evidence, self.mask_by_input)  # (k, H, W, 3)

@@ -1,0 +1,279 @@
+"""Batched explanation (explain_batch): each image's result equals its own `explain` call."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torchvision
+from conftest import assert_untouched, frozen, module_state
+from torch import nn
+
+from explainers import METHODS, LayerError, MethodError, TargetError, explain, explain_batch
+from explainers.core import Method, cam_from_sum, register
+from explainers.errors import ExplainerInputError
+from explainers.samples import augmented_samples
+
+# Score-CAM scores 8 channels per image (its masked passes run per image in both paths).
+SCORE_OPTIONS = {"max_channels": 8}
+# Float32 results of batched and one-image kernels differ by rounding: 1e-5 absolute, scaled up
+# for input-space gradients larger than 1 (Lite0's deconvnet peaks near 70, where one rounding
+# step of float32 is 1e-5 already; the same one-image call on 1 thread instead of 2 moves it by 9e-5).
+TOLERANCE = 1e-5
+
+
+def assert_same(batched, single) -> None:
+    """One image's batched explanation against its own `explain` call."""
+    assert batched.target == single.target
+    assert batched.layer == single.layer and batched.counterfactual == single.counterfactual
+    assert set(batched.maps) == set(single.maps)
+    assert (batched.logits - single.logits).abs().max() <= TOLERANCE
+    for name in single.maps:
+        for kind in ("maps", "raw"):
+            ours, theirs = getattr(batched, kind)[name], getattr(single, kind)[name]
+            assert ours.shape == theirs.shape, (name, kind)
+            scale = max(1.0, float(theirs.abs().max()))
+            difference = float((ours - theirs).abs().max())
+            assert difference <= TOLERANCE * scale, (name, kind, difference, scale)
+
+
+@pytest.fixture(scope="module")
+def images(lite0) -> torch.Tensor:
+    """Eight varied inputs: the six bundled samples, then two augmented (mirrored, rotated, darker)."""
+    return torch.cat([lite0.preprocess.crop_and_tensor(image)[1] for image in augmented_samples(8)])
+
+
+@pytest.fixture(scope="module")
+def small(images) -> torch.Tensor:
+    """The same inputs at 112 x 112, for the tests that are about batching rather than models."""
+    return images[..., ::2, ::2].contiguous()
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    torch.manual_seed(18)
+    return frozen(torchvision.models.resnet18(weights=None))
+
+
+def methods_for(model_name: str, layer: str, counterfactual: bool) -> list[str]:
+    """Every registered method that applies to the case."""
+    names = [n for n in METHODS if not (counterfactual and n == "scorecam")]  # no counterfactual variant
+    if model_name == "lite0" or layer != "final":
+        names.remove("cam")  # CAM needs GAP + one linear layer right after the layer (ResNet's final)
+    return names
+
+
+CASES = [
+    # (model, layer, number of images, counterfactual); the first three run by default.
+    pytest.param("lite0", "final", 3, False, id="lite0-final-3"),
+    pytest.param("resnet18", "layer2", 3, True, id="resnet18-layer2-3-counterfactual"),
+    pytest.param("resnet18", "final", 1, False, id="resnet18-final-1"),
+    pytest.param("lite0", "final", 3, True, id="lite0-final-3-counterfactual", marks=pytest.mark.slow),
+    pytest.param("lite0", "final", 1, False, id="lite0-final-1", marks=pytest.mark.slow),
+    pytest.param("lite0", "final", 1, True, id="lite0-final-1-counterfactual", marks=pytest.mark.slow),
+    pytest.param("resnet18", "final", 3, False, id="resnet18-final-3", marks=pytest.mark.slow),
+    pytest.param("resnet18", "final", 3, True, id="resnet18-final-3-counterfactual", marks=pytest.mark.slow),
+    pytest.param("resnet18", "final", 1, True, id="resnet18-final-1-counterfactual", marks=pytest.mark.slow),
+    pytest.param("resnet18", "layer2", 3, False, id="resnet18-layer2-3", marks=pytest.mark.slow),
+    pytest.param("resnet18", "layer2", 1, False, id="resnet18-layer2-1", marks=pytest.mark.slow),
+    pytest.param("resnet18", "layer2", 1, True, id="resnet18-layer2-1-counterfactual", marks=pytest.mark.slow),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("model_name", "layer", "count", "counterfactual"), CASES)
+def test_every_method_equals_per_image_explain(request, images, model_name, layer, count, counterfactual):
+    model = request.getfixturevalue(model_name)
+    model = model.model if model_name == "lite0" else model
+    x = images[:count] if count == 1 else images[[0, 4, 7]]  # a sample, a mirrored one, a rotated one
+    targets = [None] if count == 1 else [None, 281, None]  # some given, some each image's top-1
+    names = methods_for(model_name, layer, counterfactual)
+    state, weights = module_state(model), {k: v.clone() for k, v in model.state_dict().items()}
+
+    results = explain_batch(model, x, layer, names, targets, counterfactual, options=SCORE_OPTIONS)
+
+    assert len(results) == count
+    for i, result in enumerate(results):
+        single = explain(model, x[i : i + 1], layer, names, targets[i], counterfactual, options=SCORE_OPTIONS)
+        assert_same(result, single)
+    if count > 1:
+        assert results[1].target == 281
+        assert results[0].target == int(results[0].logits.argmax())
+    assert_untouched(model, state, weights)
+
+
+def test_chunks_give_the_same_results_as_one_batch(resnet18, small):
+    """batch_size splits the images; every split gives each image its own `explain` result."""
+    names = ["gradcam", "gradcam++", "layercam", "guided_gradcam"]
+    x = small[:5]
+    targets = [3, None, 7, None, 3]
+    whole = explain_batch(resnet18, x, "layer3", names, targets)
+    for size in (1, 3):
+        parts = explain_batch(resnet18, x, "layer3", names, targets, options={"batch_size": size})
+        for ours, theirs in zip(parts, whole, strict=True):
+            assert_same(ours, theirs)
+    for i, result in enumerate(whole):
+        assert_same(result, explain(resnet18, x[i : i + 1], "layer3", names, targets[i]))
+
+
+def test_eigen_smooth_equals_per_image(resnet18, small):
+    x = small[2:5]
+    results = explain_batch(resnet18, x, "layer2", ["gradcam", "layercam"], [1, 2, None], eigen_smooth=True)
+    for i, result in enumerate(results):
+        assert_same(result, explain(resnet18, x[i : i + 1], "layer2", ["gradcam", "layercam"], [1, 2, None][i], eigen_smooth=True))  # fmt: skip
+
+
+class Counted(nn.Module):
+    """Identity whose backward calls are counted, per instance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backward_calls = [0]
+
+    def forward(self, x):
+        return _CountedFn.apply(x, self.backward_calls)
+
+
+class _CountedFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, calls):
+        ctx.calls = calls
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.calls[0] += 1
+        return grad, None
+
+
+def test_one_forward_and_one_backward_per_batch():
+    torch.manual_seed(4)
+    before, after = Counted(), Counted()
+    model = frozen(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), before, nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1),
+            nn.ReLU(), after, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5),
+        )
+    )  # fmt: skip
+    x = torch.randn(6, 3, 10, 10)
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda module, inputs: forwards.append(inputs[0].shape[0]))
+    try:
+        cams = explain_batch(model, x, "4", ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"])
+        assert forwards == [6]  # one forward pass for the six images
+        assert before.backward_calls == [0] and after.backward_calls == [1]  # one backward, to the layer
+        forwards.clear()
+        guided = explain_batch(model, x, "4", ["guided_backprop", "deconvnet", "guided_gradcam"], [0] * 6)
+        assert forwards == [6, 6]  # the capture pass and one guided pass, each for the batch
+        assert before.backward_calls == [2]  # one rectified backward per rule, for the batch
+        forwards.clear()
+        explain_batch(model, x, "4", ["gradcam"], options={"batch_size": 4})
+        assert forwards == [4, 2]
+    finally:
+        handle.remove()
+    for i in range(6):
+        assert_same(cams[i], explain(model, x[i : i + 1], "4", list(cams[i].maps)))
+        assert_same(guided[i], explain(model, x[i : i + 1], "4", list(guided[i].maps), 0))
+
+
+def test_a_method_registered_later_works_on_batches_unchanged(resnet18, small):
+    """A new method that reads the shared passes and runs a pass of its own needs no batch code."""
+
+    class GradientTimesInput(Method):
+        name = "test_gradient_x_input"
+        kind = "cam"
+
+        def compute(self, evidence, layer):
+            extra = evidence.memo("test:own-pass", lambda: evidence.model(evidence.x.flip(-1)).detach())
+            weighted = evidence.gradients(layer) * evidence.activations(layer)
+            raw, shown = cam_from_sum(weighted.sum(1) * extra.softmax(1).amax(), evidence.input_size)
+            return raw, shown
+
+    register(GradientTimesInput)
+    try:
+        x = small[1:4]
+        results = explain_batch(resnet18, x, "layer3", ["test_gradient_x_input", "gradcam"], [5, None, 9])
+        for i, result in enumerate(results):
+            single = explain(
+                resnet18, x[i : i + 1], "layer3", ["test_gradient_x_input", "gradcam"], [5, None, 9][i]
+            )
+            assert_same(result, single)
+            assert result.maps["test_gradient_x_input"].amax() > 0
+    finally:
+        del METHODS["test_gradient_x_input"]
+
+
+def test_a_target_out_of_range_names_its_image(resnet18, images):
+    x = images[:4]
+    with pytest.raises(TargetError, match=r"Image 2: class 1000 is out of range.*1000 classes"):
+        explain_batch(resnet18, x, "layer4", ["gradcam"], [None, 3, 1000, None])
+    # Checked for every image after the first batch's forward pass, before any other work.
+    with pytest.raises(TargetError, match=r"Image 3: class -1"):
+        explain_batch(resnet18, x, "layer4", ["gradcam"], [None, 3, 4, -1], options={"batch_size": 2})
+
+
+def test_bad_arguments_are_refused(resnet18, images):
+    x = images[:2]
+    with pytest.raises(ExplainerInputError, match="3 targets for 2 images"):
+        explain_batch(resnet18, x, "layer4", ["gradcam"], [1, 2, 3])
+    with pytest.raises(ExplainerInputError, match="batch_size"):
+        explain_batch(resnet18, x, "layer4", ["gradcam"], options={"batch_size": 0})
+    with pytest.raises(ExplainerInputError, match="shape"):
+        explain_batch(resnet18, x[0], "layer4", ["gradcam"])
+    with pytest.raises(MethodError):
+        explain_batch(resnet18, x, "layer4", ["gradcamm"])
+    with pytest.raises(MethodError, match="counterfactual"):
+        explain_batch(resnet18, x, "layer4", ["scorecam"], counterfactual=True)
+    assert explain_batch(resnet18, x[:0], "layer4", ["gradcam"]) == []
+
+
+def test_no_hook_is_left_after_errors(images):
+    torch.manual_seed(5)
+    model = frozen(torchvision.models.resnet18(weights=None))
+    state, weights = module_state(model), {k: v.clone() for k, v in model.state_dict().items()}
+    x = images[:3]
+    with pytest.raises(LayerError, match="layer4"):  # a layer that does not exist
+        explain_batch(model, x, "layer5", ["gradcam"])
+    assert_untouched(model, state, weights)
+    with pytest.raises(LayerError):  # not a feature map: raised inside a hook, mid forward
+        explain_batch(model, x, "fc", ["gradcam", "guided_backprop"])
+    assert_untouched(model, state, weights)
+
+    class Boom(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    broken = frozen(nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), Boom()))
+    state = module_state(broken)
+    with pytest.raises(RuntimeError, match="boom"):  # raised inside the forward, after the capture
+        explain_batch(broken, x, "1", ["gradcam", "guided_backprop"])
+    assert module_state(broken) == state
+
+
+def test_concurrent_batches_match_sequential_ones(resnet18, small):
+    model = resnet18
+    jobs = [(slice(0, 3), [None, 281, None]), (slice(3, 6), None), (slice(5, 8), [1, None, 2])]
+    names = ["gradcam", "gradcam++", "guided_backprop"]
+    expected = [explain_batch(model, small[s], "layer3", names, t) for s, t in jobs]
+    results: dict[int, list[list]] = {}
+    errors = []
+
+    def worker(index: int) -> None:
+        try:
+            s, t = jobs[index]
+            results.setdefault(index, []).append(explain_batch(model, small[s], "layer3", names, t))
+        except Exception as error:  # surfaced below: a thread's exception would otherwise vanish
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i % len(jobs),)) for i in range(2 * len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for index in range(len(jobs)):
+        assert len(results[index]) == 2
+        for run in results[index]:
+            for ours, theirs in zip(run, expected[index], strict=True):
+                assert_same(ours, theirs)
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())
