@@ -95,7 +95,8 @@ def read_groups(
         )
     known = set(images)
     entries: dict[str, GroupEntry] = {}
-    for line, record in enumerate(reader, start=2):
+    for record in reader:
+        line = reader.line_num  # the file's line (blank lines are counted, and skipped)
         if all(not (v or "").strip() for v in record.values() if isinstance(v, str)):
             continue  # a blank line
         name = Path((record.get(image_column) or "").strip()).name

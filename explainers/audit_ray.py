@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pickle
 from collections import Counter
@@ -84,6 +85,9 @@ def run_on_ray(
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the audit prints its own
         context.print_on_execution_start = False
+        for handler in logging.getLogger("ray.data").handlers:  # its INFO lines: the log file only
+            if handler.get_name() == "console":
+                handler.setLevel(logging.WARNING)
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         items = [{"items": json.dumps([dataclasses.asdict(item) for item in batch])} for batch in batches]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))

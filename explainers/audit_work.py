@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from explainers import METHODS, explain
+from explainers import METHODS
+from explainers.batch import explain_batch
 from explainers.cli import file_stem, load_zoo
 from explainers.errors import ImageError
 from explainers.images import load_image
@@ -116,13 +117,8 @@ def box_share(heatmap: torch.Tensor, box: Box | None) -> float:
     return energy_in_box(heatmap, box)
 
 
-# TEMPORARY stand-ins for explainers.batch.explain_batch and explainers.metrics.faithfulness_batch
-# (branch `batch`), with their signatures; replaced by the real ones when that branch lands.
-def explain_batch(model, x, layer, methods, targets=None):
-    targets = targets or [None] * len(x)
-    return [explain(model, x[i : i + 1], layer, methods, target=t) for i, t in enumerate(targets)]
-
-
+# TEMPORARY stand-in for explainers.metrics.faithfulness_batch (branch `batch`), with its
+# signature; replaced by the real one when that branch lands.
 def faithfulness_batch(model, x, maps, targets, steps=16):
     return [
         faithfulness(model, x[i : i + 1], m, t, steps=steps) for i, (m, t) in enumerate(zip(maps, targets))
