@@ -37,7 +37,8 @@ table.sortable th{cursor:pointer;user-select:none} th[aria-sort=ascending]::afte
 th[aria-sort=descending]::after{content:" ▼"}
 td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .thumb{display:block;width:112px;height:112px;object-fit:cover;border-radius:4px}
-.name{font-weight:600;overflow-wrap:anywhere} .small{font-size:13px;color:var(--muted)}
+.name{font-weight:600;overflow-wrap:anywhere} td.name{min-width:9ch}
+.scroll{overflow-x:auto} .small{font-size:13px;color:var(--muted)}
 .err td{color:var(--accent)} .legend{color:var(--muted);font-size:13px;max-width:100ch}
 .plot{background:#fff;border:1px solid var(--line);border-radius:8px;margin:12px 0;padding:4px}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
@@ -225,26 +226,34 @@ def faithfulness_plot(summaries: Sequence[GroupSummary], methods: Sequence[str])
 
 
 def group_table(summaries: Sequence[GroupSummary], methods: Sequence[str]) -> str:
-    head = "<th>group</th><th>images</th><th>audited</th><th>predictions</th>"
-    for m in methods:
-        t = e(method_title(m))
-        head += f"<th>{t}: box share (mean ± sd)</th><th>{t}: box area</th><th>{t}: cannot judge</th>"
-        head += f"<th>{t}: Average Drop</th><th>{t}: Increase in Confidence</th>"
-        head += f"<th>{t}: deletion AUC</th><th>{t}: insertion AUC</th>"
+    """One row per group and method (all images first), sortable by any column."""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "group",
+            "method",
+            "images",
+            "audited",
+            "box share (mean ± sd, n)",
+            "box area",
+            "cannot judge",
+            "Average Drop",
+            "Increase in Confidence",
+            "deletion AUC",
+            "insertion AUC",
+            "predictions",
+        )
+    )
     body = []
     for g in summaries:
         top = ", ".join(f"{label} {count / g.audited:.0%}" for label, count in g.predictions[:3])
         more = f" (+{len(g.predictions) - 3} more)" if len(g.predictions) > 3 else ""
-        cells = [
-            f'<td class="name">{e(g.name)}</td>',
-            _cell(g.images, str(g.images)),
-            _cell(g.audited, str(g.audited)),
-        ]
-        cells.append(f"<td>{e(top + more)}</td>")
         for m in methods:
             s = g.methods[m]
             spread = f" ± {_percent(s.box_share_std)}" if s.box_share_std == s.box_share_std else ""
             shown = f"{_percent(s.box_share_mean)}{spread} <span class='small'>({len(s.box_shares)})</span>"
+            cells = [f'<td class="name">{e(g.name)}</td>', f"<td>{e(method_title(m))}</td>"]
+            cells += [_cell(g.images, str(g.images)), _cell(g.audited, str(g.audited))]
             cells.append(_cell(s.box_share_mean, shown, why="no box, or only blank maps"))
             cells.append(_cell(s.box_area_mean, _percent(s.box_area_mean)))
             cells.append(_cell(s.cannot_judge, str(s.cannot_judge)))
@@ -254,10 +263,11 @@ def group_table(summaries: Sequence[GroupSummary], methods: Sequence[str]) -> st
             cells.append(_cell(s.increase_in_confidence, _percent(s.increase_in_confidence, 1)))
             cells.append(_cell(s.deletion_auc, f"{s.deletion_auc:.3f}", why="not computed (--steps 0)"))
             cells.append(_cell(s.insertion_auc, f"{s.insertion_auc:.3f}", why="not computed (--steps 0)"))
-        body.append(f"<tr>{''.join(cells)}</tr>")
+            cells.append(f'<td class="small">{e(top + more)}</td>')
+            body.append(f"<tr>{''.join(cells)}</tr>")
     return (
-        f'<table class="sortable" id="groups"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
+        f'<div class="scroll"><table class="sortable" id="groups"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -334,7 +344,10 @@ def image_table(rows: Sequence[Row], methods: Sequence[str], grouped: bool, boxe
             cells.append(_cell(s["deletion_auc"], f"{s['deletion_auc']:.3f}", why="not computed"))
             cells.append(_cell(s["insertion_auc"], f"{s['insertion_auc']:.3f}", why="not computed"))
         body.append(f"<tr {data}>{''.join(cells)}</tr>")
-    return f'<table class="sortable" id="images"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (
+        f'<div class="scroll"><table class="sortable" id="images"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def write_report(
