@@ -444,7 +444,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[GroupSummary]]:
         from explainers.audit_ray import run_on_ray
 
         nodes = run_on_ray(settings, batches, finished, args.workers)
-        print("ray: batches per node: " + ", ".join(f"{n}: {c}" for n, c in nodes.items()), file=sys.stderr)
+        print("ray: images per node: " + ", ".join(f"{n}: {c}" for n, c in nodes.items()), file=sys.stderr)
     else:
         for batch in batches:
             finished(audit_batch(zoo, settings, batch))
