@@ -78,16 +78,16 @@ def run_on_ray(
             address=os.environ.get("RAY_ADDRESS") or None,  # None: a local Ray for this run
             runtime_env={"env_vars": {"PYTHONPATH": path}},  # the actors import this project
             include_dashboard=False,
-            logging_level="warning",
+            logging_level="error",
             log_to_driver=False,
         )
     try:
+        for handler in logging.getLogger("ray.data").handlers:  # its notes: to its log file only
+            if handler.get_name() == "console":
+                handler.setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the audit prints its own
         context.print_on_execution_start = False
-        for handler in logging.getLogger("ray.data").handlers:  # its INFO lines: the log file only
-            if handler.get_name() == "console":
-                handler.setLevel(logging.WARNING)
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         items = [{"items": json.dumps([dataclasses.asdict(item) for item in batch])} for batch in batches]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
