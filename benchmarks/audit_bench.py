@@ -118,9 +118,8 @@ def run_audit(command: list[str], cwd: Path, env: dict[str, str]) -> dict:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     while process.poll() is None:
-        samples.append(
-            (time.perf_counter() - start, progress[-1][1] if progress else 0, tree_rss(process.pid))
-        )
+        done = progress[-1][1] if progress else -1  # -1: before the audit's first progress line
+        samples.append((time.perf_counter() - start, done, tree_rss(process.pid)))
         time.sleep(0.2)
     reader.join()
     wall = time.perf_counter() - start
