@@ -1,4 +1,4 @@
-"""CAM Explorer: the Streamlit page. UI only: `explainers.service` computes, this file draws.
+"""CAM Explorer: the Streamlit page. UI only: `explainers.services.service` computes, this file draws.
 
 Run with `streamlit run app.py`. The sidebar functions draw widgets and return the choices;
 the render functions draw results. Models are cached per server process, explanations by their
@@ -6,6 +6,13 @@ inputs, so returning to an earlier choice is instant and display changes never r
 """
 
 from __future__ import annotations
+
+import os
+
+# Idle OpenMP threads sleep instead of spinning. With several sessions computing on a few cores,
+# spinning threads take the cores from the ones with work: on 2 cores under load, the default
+# policy cost 1.3 CPU-seconds per explanation, this one 0.4. Set before PyTorch loads (below).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from dataclasses import astuple, dataclass
 from functools import partial
@@ -25,10 +32,13 @@ with st.spinner("Starting CAM Explorer: loading PyTorch and the explainers (firs
 from app_cache import (
     CUSTOM_PREFIX,
     FOLDER_PREFIX,
+    LANES,
     get_explanation,
     get_faithfulness,
+    get_figure,
     get_image,
     get_model,
+    get_picture,
     get_predictions,
     get_scorecam_plan,
     get_sweep,
@@ -36,12 +46,13 @@ from app_cache import (
     load_custom,
     scorecam_results,
 )
-from explainers import ExplainerInputError, service
+from explainers import ExplainerInputError
 from explainers.errors import Cancelled
-from explainers.figures import curves_figure, heatmap_figure, predictions_figure
-from explainers.render import COLORMAPS, overlay
-from explainers.samples import list_samples
-from explainers.service import ExplanationResult, FaithfulnessScore, Prediction
+from explainers.services import service
+from explainers.services.figures import curves_figure, heatmap_figure, predictions_figure
+from explainers.services.render import COLORMAPS, overlay
+from explainers.services.samples import list_samples
+from explainers.services.service import ExplanationResult, FaithfulnessScore, Prediction
 from models_zoo import ZooModel, list_zoo
 from models_zoo.custom import architectures
 from models_zoo.folder import list_folder_models, models_dir
@@ -428,6 +439,7 @@ def scores_of(
 
 def render_panels(
     result: ExplanationResult | None,
+    result_key: tuple,
     view: np.ndarray,
     image_name: str,
     model_name: str,
@@ -449,28 +461,26 @@ def render_panels(
             if name == SCORECAM:
                 slot = column.empty()
                 continue
-            picture = (
-                view
-                if name == "input"
-                else service.render_panel(result, name, display.colormap, display.opacity)
-            )
+            if result is None:  # Score-CAM alone: nothing cached to draw from
+                picture = view
+            else:
+                picture = get_picture(result_key, name, display.colormap, display.opacity, result)
             column.image(picture, caption=caption, width="stretch")
             if name in scores:
                 column.caption(scores[name].summary())
     if result is not None:
-        render_guided(result)
+        render_guided(result, result_key)
     return slot
 
 
-def render_guided(result: ExplanationResult) -> None:
+def render_guided(result: ExplanationResult, result_key: tuple) -> None:
     guided = result.methods("guided")
     if guided:
         st.subheader("Guided maps")
         columns = st.columns(PANELS_PER_ROW)
         for index, name in enumerate(guided):
-            columns[index % PANELS_PER_ROW].image(
-                service.render_panel(result, name), caption=result.caption(name), width="stretch"
-            )
+            picture = get_picture(result_key, name, "", 0.0, result)  # no colormap: an RGB map
+            columns[index % PANELS_PER_ROW].image(picture, caption=result.caption(name), width="stretch")
     for name, message in result.errors.items():
         st.warning(f"{service.method_title(name)}: {message}")
 
@@ -571,15 +581,18 @@ def run_scorecam(
         bar.progress(done / total if total else 1.0, text=f"Score-CAM: {done} of {total} forward passes")
         return st.session_state.get(SCORECAM_REQUEST) == key
 
+    if LANES.long.running >= LANES.long.slots:
+        bar.progress(0.0, text="Score-CAM: waiting for another long job on the server to finish…")
     try:
-        result = service.run_scorecam(
-            get_model(request.model, request.random_weights),
-            image,
-            request.layer,
-            request.target,
-            max_channels,
-            progress,
-        )
+        with LANES.long.slot():  # long jobs take turns; quick explanations go on meanwhile
+            result = service.run_scorecam(
+                get_model(request.model, request.random_weights),
+                image,
+                request.layer,
+                request.target,
+                max_channels,
+                progress,
+            )
     except Cancelled:
         _stop_scorecam(key)
         st.rerun()  # redraw the panel as stopped: its cost, the message and the Run button
@@ -676,32 +689,34 @@ def render_sweep(request: ExplainRequest, image: Image.Image, display: Display) 
             column.image(picture, caption=caption, width="stretch")
 
 
-def render_predictions(predictions: list[Prediction], target: int) -> None:
+def render_predictions(predictions: list[Prediction], target: int, result_key: tuple) -> None:
     st.subheader("Top-5 predictions")
-    st.plotly_chart(predictions_figure(predictions, highlight=target), width="stretch", key="top5_chart")
+    figure = get_figure(("top5", *result_key), lambda: predictions_figure(predictions, highlight=target))
+    st.plotly_chart(figure, width="stretch", key="top5_chart")
 
 
-def render_inspector(result: ExplanationResult, display: Display) -> None:
+def render_inspector(result: ExplanationResult, result_key: tuple, display: Display) -> None:
     st.subheader("Inspect a map")
     method = st.selectbox("Map", list(result.maps), format_func=service.method_title, key="inspect")
-    values = service.inspect_values(result, method)
     if result.kind(method) == "guided":
         st.caption("A guided map: each pixel's largest absolute gradient over R, G, B, scaled to [0, 1].")
-    st.plotly_chart(
-        heatmap_figure(values, display.colormap, result.caption(method)), width="stretch", key="heatmap"
+    figure = get_figure(
+        ("heatmap", *result_key, method, display.colormap),
+        lambda: heatmap_figure(
+            service.inspect_values(result, method), display.colormap, result.caption(method)
+        ),
     )
-    render_downloads(result, method, display)
+    st.plotly_chart(figure, width="stretch", key="heatmap")
+    render_downloads(result, result_key, method, display)
 
 
-def render_downloads(result: ExplanationResult, method: str, display: Display) -> None:
+def render_downloads(result: ExplanationResult, result_key: tuple, method: str, display: Display) -> None:
     stem = f"{result.model}_{result.layer}_{method}_class{result.target}".replace("+", "pp")
-    picture = service.render_panel(result, method, display.colormap, display.opacity)
+    picture = get_picture(result_key, method, display.colormap, display.opacity, result)
     left, middle, right = st.columns(3)
-    left.download_button(
-        "Overlay (PNG)", service.to_png(picture), f"{stem}.png", "image/png", on_click="ignore"
-    )
+    left.download_button("Overlay (PNG)", picture, f"{stem}.png", "image/png", on_click="ignore")
     middle.download_button(
-        "Map (.npy)", service.to_npy(result.maps[method]), f"{stem}.npy", on_click="ignore"
+        "Map (.npy)", partial(service.to_npy, result.maps[method]), f"{stem}.npy", on_click="ignore"
     )
     # Compressing every map takes a noticeable part of the first view: done on click, not per run.
     right.download_button(
@@ -758,7 +773,10 @@ def explore() -> None:
         return
     scores = scores_of(request, image, result, (*astuple(request), *others)) if show_scores and result else {}
     view = result.image if result else service.model_view(zoo_model, image)
-    slot = render_panels(result, view, choice.name, zoo_model.name, display, scores, SCORECAM in methods)
+    result_key = astuple(request)  # a map does not depend on which other methods are shown
+    slot = render_panels(
+        result, result_key, view, choice.name, zoo_model.name, display, scores, SCORECAM in methods
+    )
     if model[0].startswith((FOLDER_PREFIX, CUSTOM_PREFIX)):
         st.caption(f"Preprocessing, as your model sees it: {zoo_model.preprocess.describe()}.")
     if result is not None:
@@ -766,10 +784,10 @@ def explore() -> None:
         render_curves(scores, result.target_label)
         left, right = st.columns([2, 3])
         with left:
-            render_predictions(predictions, result.target)
+            render_predictions(predictions, result.target, result_key)
         with right:
             if result.maps:  # empty when every chosen method was refused (see the warnings)
-                render_inspector(result, display)
+                render_inspector(result, result_key, display)
     render_top_classes(request, image, methods, display)
     render_sweep(request, image, display)
     if slot is not None:  # last: the rest of the page is drawn while Score-CAM runs

@@ -2,20 +2,35 @@
 
 The model cache is shared by every browser session; explanations never modify a model, so
 sessions cannot interfere.
+
+Results are kept in `SizedCache`s: one store per server process, bounded in bytes (not only in
+entries: an explanation at an early layer is fifty times one at the final map), least recently
+used first out. Unlike `st.cache_data`, a hit costs no copy: every session gets the same object,
+so its arrays are made read-only when stored. Two sessions asking for the same result at once
+compute it once. The bounds (MB, see `CACHE_BUDGETS_MB`) keep the server's memory level however
+many photos a class uploads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from contextlib import nullcontext
+from typing import Any, Generic, TypeVar
 
+import numpy as np
 import streamlit as st
+import torch
 from PIL import Image
 
-from explainers import ExplainerInputError, service
-from explainers.service import (
+from explainers import ExplainerInputError
+from explainers.services import service
+from explainers.services.service import (
     ClassMaps,
     ExplanationResult,
     FaithfulnessScore,
@@ -23,39 +38,190 @@ from explainers.service import (
     Prediction,
     ScorePlan,
 )
+from explainers.services.serving import Lane, apply_thread_budget, make_lanes
 from models_zoo import ZooModel, load_custom_model, load_model
 from models_zoo.folder import fingerprint, load_folder_model
 
 CUSTOM_PREFIX = "custom:"  # model names of uploaded models, e.g. "custom:resnet18:<hashes>"
 FOLDER_PREFIX = "folder:"  # model names of the models folder's models, e.g. "folder:nurse_doctor"
 
+# Memory bounds of the result caches, in MB (their sum is what results can hold, models aside).
+CACHE_BUDGETS_MB = {
+    "images": 48,  # decoded uploads, at most 1024 px on the long side (3 MB each)
+    "predictions": 4,
+    "explanations": 96,  # about 3 MB each for the default page at the final map
+    "scorecam_plans": 1,
+    "top_classes": 24,
+    "sweeps": 24,
+    "faithfulness": 8,
+    "pictures": 24,  # rendered overlays, PNG
+    "scorecam": 24,
+}
+
 V = TypeVar("V")
+
+# Torch's threads per job and the lanes jobs wait in (see explainers.services.serving): quick
+# jobs (predictions, explanations, top-5) never wait behind long ones (sweeps, faithfulness
+# curves, Score-CAM), and no more jobs compute at once than the cores can take.
+LANES = make_lanes()
+apply_thread_budget(LANES)
+
+
+def footprint(value: object) -> int:
+    """Roughly how many bytes ``value`` holds: its arrays, tensors, images and byte strings."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.nelement()
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if isinstance(value, Image.Image):
+        return value.width * value.height * len(value.getbands())
+    if isinstance(value, dict):
+        return 64 + sum(footprint(k) + footprint(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return 64 + sum(footprint(item) for item in value)
+    if dataclasses.is_dataclass(value):
+        return 64 + sum(footprint(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return 64
+
+
+def freeze(value: object) -> object:
+    """Make the arrays inside ``value`` read-only: a cached result is shared by every session."""
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+    elif isinstance(value, dict):
+        for item in value.values():
+            freeze(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            freeze(item)
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            freeze(getattr(value, f.name))
+    return value
 
 
 class BoundedStore(Generic[V]):
-    """A thread-safe dict that forgets its least recently used entries beyond `size`.
+    """A thread-safe dict that forgets its least recently used entries beyond `size` entries
+    or `max_bytes` bytes (an entry larger than `max_bytes` is not kept).
 
-    For results that cannot come from an `st.cache_data` function (Score-CAM draws a progress
-    bar while it runs; uploaded models are built from files), shared by every session.
+    For results that cannot come from a cached function (Score-CAM draws a progress bar while it
+    runs; uploaded models are built from files), shared by every session.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int | None = None) -> None:
         self._size = size
-        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, key: Hashable) -> V | None:
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-            return self._items.get(key)
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key][0]
 
     def put(self, key: Hashable, value: V) -> None:
+        size = footprint(value) if self._max_bytes is not None else 0
         with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            if key in self._items:
+                self._bytes -= self._items.pop(key)[1]
+            if self._max_bytes is not None and size > self._max_bytes:
+                return
+            self._items[key] = (value, size)
+            self._bytes += size
+            while len(self._items) > self._size or (
+                self._max_bytes is not None and self._bytes > self._max_bytes
+            ):
+                self._bytes -= self._items.popitem(last=False)[1][1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+class SizedCache:
+    """A function's results by argument, in a `BoundedStore` of ``max_mb``, shared by sessions.
+
+    As with `st.cache_data`, arguments whose name starts with "_" are not part of the key (large
+    or unhashable inputs named by another argument, such as an image by its digest).
+    """
+
+    def __init__(
+        self, fn: Callable[..., V], max_mb: float, spinner: str | None, lane: Lane | None = None
+    ) -> None:
+        self.fn = fn
+        self.spinner = spinner
+        self.lane = lane
+        self.store: BoundedStore[V] = BoundedStore(10**9, int(max_mb * 2**20))
+        self._signature = inspect.signature(fn)
+        self._locks: weakref.WeakValueDictionary[Hashable, threading.Lock] = weakref.WeakValueDictionary()
+        self._locks_lock = threading.Lock()
+        functools.update_wrapper(self, fn)
+
+    def key(self, *args: Any, **kwargs: Any) -> Hashable:
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return tuple((name, value) for name, value in bound.arguments.items() if not name.startswith("_"))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> V:
+        key = self.key(*args, **kwargs)
+        value = self.store.get(key)
+        if value is not None:
+            return value
+        with self._locks_lock:
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = self._locks[key] = threading.Lock()
+        with lock:  # a second session asking for the same result waits for the first's
+            value = self.store.get(key)
+            if value is None:
+                with st.spinner(self.spinner) if self.spinner else nullcontext():
+                    with self.lane.slot() if self.lane else nullcontext():
+                        value = freeze(self.fn(*args, **kwargs))
+                self.store.put(key, value)
+        return value
+
+
+SIZED_CACHES: dict[str, SizedCache] = {}
+
+
+def sized_cache(
+    budget: str, spinner: str | None = None, lane: Lane | None = None
+) -> Callable[[Callable[..., V]], SizedCache]:
+    """Decorator: cache a function's results in the named budget of `CACHE_BUDGETS_MB`,
+    computing them in ``lane`` (None: no lane, for work that does not run the model)."""
+
+    def decorate(fn: Callable[..., V]) -> SizedCache:
+        cache = SizedCache(fn, CACHE_BUDGETS_MB[budget], spinner, lane)
+        SIZED_CACHES[budget] = cache
+        return cache
+
+    return decorate
+
+
+def clear_caches() -> None:
+    """Forget every cached result (the models stay loaded)."""
+    for cache in SIZED_CACHES.values():
+        cache.store.clear()
+    scorecam_results().clear()
+    figures().clear()
+
+
+def cache_usage() -> dict[str, tuple[int, int]]:
+    """Budget name -> (entries, bytes) now held."""
+    return {name: (len(cache.store), cache.store.bytes) for name, cache in SIZED_CACHES.items()}
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
@@ -120,18 +286,17 @@ def load_custom(
     return name
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@sized_cache("images")
 def get_image(digest: str, _data: bytes) -> Image.Image:
     return service.prepare_image(_data)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@sized_cache("predictions", lane=LANES.quick)
 def get_predictions(digest: str, model: str, random_weights: bool, _image: Image.Image) -> list[Prediction]:
     return service.predict(get_model(model, random_weights), _image)
 
 
-# A few MB per entry (one float map per method): bounded so a long demo cannot fill the memory.
-@st.cache_data(max_entries=64, show_spinner="Computing the explanation…")
+@sized_cache("explanations", spinner="Computing the explanation…", lane=LANES.quick)
 def get_explanation(
     digest: str,
     model: str,
@@ -146,7 +311,7 @@ def get_explanation(
     return service.run_explanation(zoo_model, _image, layer, methods, target, counterfactual)
 
 
-@st.cache_data(max_entries=64, show_spinner="Counting Score-CAM's forward passes…")
+@sized_cache("scorecam_plans", spinner="Counting Score-CAM's forward passes…", lane=LANES.quick)
 def get_scorecam_plan(
     digest: str,
     model: str,
@@ -163,10 +328,10 @@ def get_scorecam_plan(
 def scorecam_results() -> BoundedStore[ExplanationResult]:
     # Score-CAM runs outside st.cache_data (it draws a progress bar); its results land here,
     # keyed like the explanations, plus max_channels.
-    return BoundedStore(32)
+    return BoundedStore(32, CACHE_BUDGETS_MB["scorecam"] * 2**20)
 
 
-@st.cache_data(max_entries=32, show_spinner="Explaining the top classes…")
+@sized_cache("top_classes", spinner="Explaining the top classes…", lane=LANES.quick)
 def get_top_classes(
     digest: str,
     model: str,
@@ -179,7 +344,7 @@ def get_top_classes(
     return service.top_classes(get_model(model, random_weights), _image, layer, method, 5, counterfactual)
 
 
-@st.cache_data(max_entries=32, show_spinner="Sweeping the layers…")
+@sized_cache("sweeps", spinner="Sweeping the layers…", lane=LANES.long)
 def get_sweep(
     digest: str,
     model: str,
@@ -194,7 +359,7 @@ def get_sweep(
     return service.layer_sweep(zoo_model, _image, method, target, counterfactual, fuse)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)  # the page shows a progress bar instead
+@sized_cache("faithfulness", lane=LANES.long)  # the page shows a progress bar, not a spinner
 def get_faithfulness(
     key: tuple,
     model: str,
@@ -208,3 +373,29 @@ def get_faithfulness(
     return service.score_faithfulness(
         get_model(model, random_weights), _image, _result, methods, progress=_progress
     )
+
+
+@sized_cache("pictures")
+def get_picture(key: tuple, method: str, colormap: str, opacity: float, _result: ExplanationResult) -> bytes:
+    """One panel of an explanation as PNG, encoded once: a rerun sends the same bytes again.
+
+    `key` names the explanation `_result` (its cache key); method "input" is the crop itself."""
+    picture = _result.image if method == "input" else service.render_panel(_result, method, colormap, opacity)
+    return service.to_png(picture)
+
+
+@st.cache_resource
+def figures() -> BoundedStore[object]:
+    # Plotly figures by (kind, explanation key, …): building one validates every property, which
+    # costs more than drawing it. Bounded by count (a heat map holds one map, about 0.4 MB).
+    return BoundedStore(48)
+
+
+def get_figure(key: Hashable, build: Callable[[], V]) -> V:
+    """The figure stored under ``key``, built once by ``build``; shared, never modified."""
+    store = figures()
+    figure = store.get(key)
+    if figure is None:
+        figure = build()
+        store.put(key, figure)
+    return figure

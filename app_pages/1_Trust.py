@@ -1,6 +1,6 @@
 """Trust & bias: two models or two classes side by side, a region check and the sanity check.
 
-UI only: `explainers.compare`, `explainers.metrics` and `explainers.sanity` compute; this page
+UI only: `explainers.services.compare`, `explainers.methods.metrics` and `explainers.methods.sanity` compute; this page
 draws. It opens on the built-in bias demo (models_zoo.bias_demo): a biased and an unbiased
 "stripes or dots?" classifier, Grad-CAM showing the biased one looking at a yellow tag. Only the
 section chosen in the sidebar is computed.
@@ -18,16 +18,9 @@ from PIL import Image
 
 from app_cache import FOLDER_PREFIX, get_image, get_model, load_custom
 from explainers import ExplainerInputError
-from explainers.compare import Panel, compare_classes, compare_models, explain_panel
-from explainers.core import METHODS, method_title
-from explainers.figures import region_figure, sanity_figure, selection_box, shares_figure
-from explainers.formats import percent
-from explainers.images import content_hash
-from explainers.metrics import Box, box_shares
-from explainers.render import draw_box
-from explainers.render import picture as render_picture
-from explainers.samples import list_samples
-from explainers.sanity import (
+from explainers.methods.core import METHODS, method_title
+from explainers.methods.metrics import Box, box_shares
+from explainers.methods.sanity import (
     CHANGED_BELOW,
     DEFAULT_SEEDS,
     MEASURES,
@@ -36,7 +29,14 @@ from explainers.sanity import (
     judge,
     sanity_check,
 )
-from explainers.service import model_view, predict
+from explainers.services.compare import Panel, compare_classes, compare_models, explain_panel
+from explainers.services.figures import region_figure, sanity_figure, selection_box, shares_figure
+from explainers.services.formats import percent
+from explainers.services.images import content_hash
+from explainers.services.render import draw_box
+from explainers.services.render import picture as render_picture
+from explainers.services.samples import list_samples
+from explainers.services.service import model_view, predict
 from models_zoo import ZooModel, cue_box, demo_image, list_zoo
 from models_zoo.custom import architectures
 from models_zoo.folder import list_folder_models

@@ -1,6 +1,6 @@
 """Lessons: what the CAM literature teaches, each claim checked live on the model and image.
 
-UI only: `explainers.lessons` computes every number when a lesson runs; this page draws them.
+UI only: `explainers.services.lessons` computes every number when a lesson runs; this page draws them.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import streamlit as st
 
 from app_cache import get_image, get_model
 from explainers import ExplainerInputError
-from explainers.images import content_hash
-from explainers.lessons import LESSONS, TITLES, Lesson, teaching_order
+from explainers.services.images import content_hash
+from explainers.services.lessons import LESSONS, TITLES, Lesson, teaching_order
 from models_zoo import DEFAULT_MODEL, list_zoo
 from models_zoo.names import display_name
 
@@ -85,7 +85,7 @@ def render_lesson(lesson: Lesson) -> None:
         st.markdown("**Measured now**")
         columns = st.columns(min(METRICS_PER_ROW, len(items)))
         for i, name in enumerate(items):
-            # The same text as the verdict's: one rounding per unit (explainers.formats).
+            # The same text as the verdict's: one rounding per unit (explainers.services.formats).
             columns[i % len(columns)].metric(name, lesson.display(name))
     if lesson.series:
         st.plotly_chart(series_figure(lesson), width="stretch")

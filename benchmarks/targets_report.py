@@ -2,7 +2,7 @@
 
     python -m benchmarks.targets_report [--old _bn1] [--new final] [--steps 16] [IMAGE ...]
 
-Average Drop %, Increase in Confidence % and deletion / insertion AUC (explainers.metrics), means
+Average Drop %, Increase in Confidence % and deletion / insertion AUC (explainers.methods.metrics), means
 over the bundled samples plus photos that scikit-image ships and the tests never use (astronaut,
 motorcycle, clock), or over the images given. The old default `_bn1` is the BatchNorm output before
 EfficientNet-Lite0's last ReLU6 (signed); the new default is the rectified final feature map.
@@ -14,10 +14,10 @@ import argparse
 from pathlib import Path
 
 from explainers import ExplainerInputError, explain
-from explainers.core import method_title
-from explainers.images import load_image
-from explainers.metrics import faithfulness, summarise
-from explainers.samples import SAMPLES_DIR
+from explainers.methods.core import method_title
+from explainers.methods.metrics import faithfulness, summarise
+from explainers.services.images import load_image
+from explainers.services.samples import SAMPLES_DIR
 from models_zoo import load_model
 
 METHODS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "cam"]

@@ -5,11 +5,11 @@
 >>> result.maps["gradcam"]  # (H, W) in [0, 1]
 >>> result = explain(model, x, layer="layer4", methods=["guided_gradcam"])
 >>> guided_to_image(result.maps["guided_gradcam"])  # (H, W, 3) uint8, from the raw (H, W, 3) map
+
+The science lives in `explainers.methods` (the methods, their shared passes, the scores), what
+the pages and command-line tools call in `explainers.services`.
 """
 
-from explainers import cam, guided, score  # noqa: F401  (register the method families)
-from explainers.batch import explain_batch
-from explainers.core import METHODS, Evidence, Explanation, Method, explain, get_method, register
 from explainers.errors import (
     Cancelled,
     ExplainerInputError,
@@ -18,9 +18,15 @@ from explainers.errors import (
     MethodError,
     TargetError,
 )
-from explainers.guided import guided_to_image
-from explainers.multi import explain_classes, fuse_layers, stage_ends, sweep
-from explainers.score import ScoreOptions, scorecam_passes
+from explainers.methods import cam, guided, score  # noqa: F401  (register the method families)
+from explainers.methods.batch import explain_batch
+from explainers.methods.core import METHODS, Evidence, Explanation, Method, explain, get_method, register
+from explainers.methods.guided import guided_to_image
+from explainers.methods.multi import explain_classes, fuse_layers, stage_ends, sweep
+from explainers.methods.score import ScoreOptions, scorecam_passes
+from explainers.moved import install as _install_moved_paths
+
+_install_moved_paths()  # old paths such as explainers.core and `python -m explainers.audit`
 
 __all__ = [
     "METHODS",

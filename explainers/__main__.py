@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from explainers import METHODS, explain
-from explainers.cli import (
+from explainers.errors import ExplainerInputError, ImageError, reason
+from explainers.services.cli import (
     DEFAULT_METHODS,
     LAYER_HELP,
     OneLineParser,
@@ -31,10 +32,9 @@ from explainers.cli import (
     load_zoo,
     parse_methods,
 )
-from explainers.errors import ExplainerInputError, ImageError, reason
-from explainers.images import load_image
-from explainers.render import picture, to_numpy
-from explainers.service import top_predictions
+from explainers.services.images import load_image
+from explainers.services.render import picture, to_numpy
+from explainers.services.service import top_predictions
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

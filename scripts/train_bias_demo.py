@@ -24,7 +24,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainers import explain  # noqa: E402
-from explainers.metrics import energy_in_box  # noqa: E402
+from explainers.methods.metrics import energy_in_box  # noqa: E402
 from models_zoo.bias_demo import ASSETS, CUE_BOX, LABELS, PREPROCESSING, demo_image, synthetic_image  # noqa: E402
 from models_zoo.zoo import REGISTRY  # noqa: E402
 

@@ -3,11 +3,18 @@ are in conftest.py): Debian's Chromium, a `streamlit run` server, waiting on the
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -40,6 +47,38 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 120
         except OSError:
             time.sleep(0.25)  # polling interval of the health check, not a wait for the page
     raise TimeoutError(f"{url} did not become healthy in {timeout:.0f} s")
+
+
+@contextmanager
+def streamlit_app(
+    log: IO[str], cpus: set[int] | None = None, port: int | None = None
+) -> Iterator[tuple[str, int]]:
+    """`streamlit run app.py` with the shipped settings on a loopback port, healthy: (url, pid).
+
+    Args:
+        log: where its output goes.
+        cpus: pin it to these CPUs (as taskset does).
+        port: a free port is chosen when None.
+    """
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
+    try:
+        wait_until_healthy(url, process)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wait_until_idle(page) -> None:

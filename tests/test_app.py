@@ -14,15 +14,15 @@ import zlib
 from pathlib import Path
 
 import pytest
-import streamlit as st
 import torch
 from conftest import run_page
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import explainers.service
+import app_cache
+import explainers.services.service
 from app import RANDOM_WEIGHTS_BANNER
-from explainers.service import default_methods, method_title
+from explainers.services.service import default_methods, method_title
 
 OTHER_CLASS = -1
 
@@ -226,15 +226,15 @@ def test_uploaded_image_is_explained_and_replaces_the_sample():
 
 
 def test_display_changes_do_not_recompute(monkeypatch):
-    st.cache_data.clear()
+    app_cache.clear_caches()
     calls = []
-    original = explainers.service.run_explanation
+    original = explainers.services.service.run_explanation
 
     def counting(*args, **kwargs):
         calls.append(args[2:])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(explainers.service, "run_explanation", counting)
+    monkeypatch.setattr(explainers.services.service, "run_explanation", counting)
     at = open_app()
     assert len(calls) == 1
     at.slider(key="opacity").set_value(0.8).run()
@@ -295,13 +295,13 @@ def test_scorecam_says_its_cost_then_runs_with_progress():
 def test_stopping_scorecam_keeps_the_other_maps(monkeypatch):
     # A click on Stop interrupts the run at its next progress update; here the progress callback
     # answers False at its first report, as it does once the run's request is withdrawn.
-    original = explainers.service.run_scorecam
+    original = explainers.services.service.run_scorecam
 
     def stopped(*args, **kwargs):
         progress = args[-1]
         return original(*args[:-1], lambda done, total: progress(done, total) and False)
 
-    monkeypatch.setattr(explainers.service, "run_scorecam", stopped)
+    monkeypatch.setattr(explainers.services.service, "run_scorecam", stopped)
     at = open_app()
     choose_scorecam(at)
     at.slider(key="scorecam_channels").set_value(16).run()
@@ -315,11 +315,11 @@ def test_stopping_scorecam_keeps_the_other_maps(monkeypatch):
 
 def test_top5_classes_come_in_one_section_when_opened(monkeypatch):
     calls = []
-    original = explainers.service.top_classes
+    original = explainers.services.service.top_classes
     monkeypatch.setattr(
-        explainers.service, "top_classes", lambda *a, **k: calls.append(a) or original(*a, **k)
+        explainers.services.service, "top_classes", lambda *a, **k: calls.append(a) or original(*a, **k)
     )
-    st.cache_data.clear()
+    app_cache.clear_caches()
     at = open_app()
     assert not calls and not expander_captions(at, "Top-5 classes"), "nothing computed while closed"
     at.session_state["top5_open"] = True
@@ -346,9 +346,9 @@ def test_layer_sweep_runs_shallow_to_deep():
 
 
 def test_faithfulness_scores_under_each_map(monkeypatch):
-    monkeypatch.setattr(explainers.service, "FAITHFULNESS_STEPS", 2)  # 3 points per curve: fast
+    monkeypatch.setattr(explainers.services.service, "FAITHFULNESS_STEPS", 2)  # 3 points per curve: fast
     reported = []
-    score = explainers.service.score_faithfulness
+    score = explainers.services.service.score_faithfulness
 
     def watched(*args, progress=None, **kwargs):
         def report(done: int, total: int) -> None:
@@ -357,7 +357,7 @@ def test_faithfulness_scores_under_each_map(monkeypatch):
 
         return score(*args, progress=report, **kwargs)
 
-    monkeypatch.setattr(explainers.service, "score_faithfulness", watched)
+    monkeypatch.setattr(explainers.services.service, "score_faithfulness", watched)
     at = open_app()
     assert not any("Avg drop" in c.value for c in at.caption), "off by default"
     at.toggle(key="faithfulness").set_value(True).run()

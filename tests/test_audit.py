@@ -14,8 +14,8 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from explainers.audit import main
-from explainers.samples import SAMPLES_DIR
+from explainers.services.audit import main
+from explainers.services.samples import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_missing_or_empty_folder(tmp_path, capsys):
 
 def test_command_line_error_has_no_traceback(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "explainers.audit", str(tmp_path), "--box", "1,2,3"],
+        [sys.executable, "-m", "explainers.services.audit", str(tmp_path), "--box", "1,2,3"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from explainers.audit_groups import (
+from explainers.errors import ExplainerInputError
+from explainers.services.audit_groups import (
     ALL,
     check_boxes,
     read_groups,
@@ -15,8 +16,7 @@ from explainers.audit_groups import (
     write_groups_csv,
     write_predictions_csv,
 )
-from explainers.audit_work import Row
-from explainers.errors import ExplainerInputError
+from explainers.services.audit_work import Row
 
 IMAGES = ["a.jpg", "b.jpg", "c.png", "d.png"]
 

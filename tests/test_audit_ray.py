@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import explainers.audit as audit
-from explainers.samples import SAMPLES_DIR
+import explainers.services.audit as audit
+from explainers.services.samples import SAMPLES_DIR
 
 pytestmark = pytest.mark.slow
 FAST = ["--methods", "gradcam", "--steps", "0", "--batch-size", "1"]

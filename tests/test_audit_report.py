@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from explainers.audit_groups import ALL, summarise_groups
-from explainers.audit_report import LOOK_AT, write_report
-from explainers.audit_work import SCORES, Row
-from explainers.samples import SAMPLES_DIR
+from explainers.services.audit_groups import ALL, summarise_groups
+from explainers.services.audit_report import LOOK_AT, write_report
+from explainers.services.audit_work import SCORES, Row
+from explainers.services.samples import SAMPLES_DIR
 
 METHODS = ["gradcam", "gradcam++"]
 GROUPS = ["doctor", "nurse"]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import explainers.audit as audit
-from explainers.audit_store import RunStore
-from explainers.audit_work import Row
-from explainers.samples import SAMPLES_DIR
+import explainers.services.audit as audit
+from explainers.services.audit_store import RunStore
+from explainers.services.audit_work import Row
+from explainers.services.samples import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--methods", "gradcam", "--steps", "0"]

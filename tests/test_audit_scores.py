@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from explainers.audit import write_csv
-from explainers.audit_store import RunStore
-from explainers.audit_work import AuditSettings, Item, audit_batch
+from explainers.services.audit import write_csv
+from explainers.services.audit_store import RunStore
+from explainers.services.audit_work import AuditSettings, Item, audit_batch
 from models_zoo.zoo import Preprocessing
 
 SIDE = 32

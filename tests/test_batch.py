@@ -1,7 +1,9 @@
-"""Batched explanation (explain_batch): each image's result equals its own `explain` call."""
+"""Batched explanation and scores (explain_batch, faithfulness_batch): each image's result equals
+its own `explain` / `faithfulness` call."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -11,9 +13,10 @@ from conftest import assert_untouched, frozen, module_state
 from torch import nn
 
 from explainers import METHODS, LayerError, MethodError, TargetError, explain, explain_batch
-from explainers.core import Method, cam_from_sum, register
-from explainers.errors import ExplainerInputError
-from explainers.samples import augmented_samples
+from explainers.errors import Cancelled, ExplainerInputError
+from explainers.methods.core import Method, cam_from_sum, register
+from explainers.methods.metrics import faithfulness, faithfulness_batch
+from explainers.services.samples import augmented_samples
 
 # Score-CAM scores 8 channels per image (its masked passes run per image in both paths).
 SCORE_OPTIONS = {"max_channels": 8}
@@ -277,3 +280,96 @@ def test_concurrent_batches_match_sequential_ones(resnet18, small):
             for ours, theirs in zip(run, expected[index], strict=True):
                 assert_same(ours, theirs)
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- batched scores
+def assert_same_scores(batched: dict, single: dict) -> None:
+    """One image's `faithfulness_batch` scores against its own `faithfulness` call."""
+    assert list(batched) == list(single)
+    for name, theirs in single.items():
+        ours = batched[name]
+        assert ours.note == theirs.note, name
+        assert abs(ours.original - theirs.original) <= TOLERANCE
+        if theirs.note is not None:  # left out: NaN scores and no curves, in both
+            assert math.isnan(ours.drop) and ours.curves is None
+            continue
+        assert abs(ours.masked - theirs.masked) <= TOLERANCE
+        assert abs(ours.drop - theirs.drop) <= 100 * TOLERANCE / max(theirs.original, 1e-3)  # a percentage
+        assert ours.increase == theirs.increase or abs(ours.masked - ours.original) <= TOLERANCE
+        if theirs.curves is None:
+            assert ours.curves is None
+            continue
+        torch.testing.assert_close(ours.curves["fractions"], theirs.curves["fractions"], rtol=0, atol=0)
+        for key in ("deletion", "insertion"):
+            assert (ours.curves[key] - theirs.curves[key]).abs().max() <= TOLERANCE, (name, key)
+        assert abs(ours.deletion_auc - theirs.deletion_auc) <= TOLERANCE
+        assert abs(ours.insertion_auc - theirs.insertion_auc) <= TOLERANCE
+
+
+def test_faithfulness_batch_equals_per_image_faithfulness(lite0, images):
+    """N images x M maps in shared batches: every score equals the image's own `faithfulness`."""
+    x = images[[0, 3, 6]]
+    explanations = explain_batch(lite0.model, x, "final", ["gradcam", "gradcam++"])
+    maps = [dict(e.maps) for e in explanations]
+    for image_maps in maps:  # a guided (H, W, 3) map is left out, with its note
+        image_maps["guided_backprop"] = torch.randn(224, 224, 3, generator=torch.Generator().manual_seed(2))
+    maps[1]["blank"] = torch.zeros(224, 224)  # and so is a blank one
+    targets = [e.target for e in explanations]
+    seen = []
+    # 7 images per pass: batches mix the images of different inputs.
+    scores = faithfulness_batch(
+        lite0.model, x, maps, targets, steps=4, batch_size=7, progress=lambda *a: seen.append(a)
+    )
+    assert len(scores) == 3
+    for i in range(3):
+        single = faithfulness(lite0.model, x[i : i + 1], maps[i], targets[i], steps=4)
+        assert_same_scores(scores[i], single)
+        assert scores[i]["gradcam"].curves is not None and "scattered" in scores[i]["guided_backprop"].note
+    # x, 2 masked, blurred, 2 x 2 x 3 inner steps per image, and the shared all-baseline image once
+    total = 3 * (1 + 2 + 1 + 2 * 2 * 3) + 1
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
+    assert all(b - a <= 7 for (a, _), (b, _) in zip(seen, seen[1:]))
+
+
+def test_faithfulness_batch_shares_batches_and_the_baseline(gap_linear):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3, 16, 16, generator=generator)
+    maps = [{f"m{k}": torch.rand(16, 16, generator=generator) for k in range(2)} for _ in range(5)]
+    targets = [0, 1, 2, 1, 0]
+    calls = []
+    handle = gap_linear.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    try:
+        scores = faithfulness_batch(gap_linear, x, maps, targets, steps=6, blur=1.0, batch_size=16)
+    finally:
+        handle.remove()
+    per_image = 3 + 2 + 2 * 2 * 5  # x, baseline, blurred, 2 masked, inner steps
+    assert sum(calls) == 5 * (per_image - 1) + 1  # the all-baseline image is scored once for all five
+    assert calls[:-1] == [16] * (len(calls) - 1)  # full batches across images
+    for i in range(5):
+        assert_same_scores(
+            scores[i], faithfulness(gap_linear, x[i : i + 1], maps[i], targets[i], steps=6, blur=1.0)
+        )
+    for size in (1, 5, 200):  # any batch size: the same scores
+        again = faithfulness_batch(gap_linear, x, maps, targets, steps=6, blur=1.0, batch_size=size)
+        for ours, theirs in zip(again, scores, strict=True):
+            assert_same_scores(ours, theirs)
+    only_drop = faithfulness_batch(gap_linear, x, maps, targets, steps=0)
+    for i in range(5):
+        assert_same_scores(only_drop[i], faithfulness(gap_linear, x[i : i + 1], maps[i], targets[i], steps=0))
+        assert only_drop[i]["m0"].curves is None
+
+
+def test_faithfulness_batch_checks_its_arguments_and_can_be_stopped(gap_linear):
+    x = torch.randn(2, 3, 8, 8)
+    maps = [{"m": torch.rand(8, 8)}, {"m": torch.rand(8, 8)}]
+    with pytest.raises(ExplainerInputError, match="2 images"):
+        faithfulness_batch(gap_linear, x, maps[:1], [0, 1])
+    with pytest.raises(ExplainerInputError, match="differ in size"):
+        faithfulness_batch(gap_linear, x, [maps[0], {"m": torch.rand(4, 4)}], [0, 1])
+    with pytest.raises(ExplainerInputError, match="batch_size"):
+        faithfulness_batch(gap_linear, x, maps, [0, 1], batch_size=0)
+    with pytest.raises(Cancelled):
+        faithfulness_batch(
+            gap_linear, x, maps, [0, 1], steps=4, batch_size=3, progress=lambda done, total: done < 3
+        )
+    assert faithfulness_batch(gap_linear, x[:0], [], []) == []

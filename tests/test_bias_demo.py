@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from explainers import explain
-from explainers.metrics import energy_in_box
+from explainers.methods.metrics import energy_in_box
 from models_zoo import REGISTRY, cue_box, demo_image, list_zoo, load_bias_demo
 from models_zoo.bias_demo import ASSETS, LABELS
 

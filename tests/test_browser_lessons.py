@@ -7,7 +7,7 @@ import re
 import pytest
 from browser_support import assert_no_exception, cut_off_labels, wait_until_idle
 
-from explainers.lessons import TITLES, teaching_order
+from explainers.services.lessons import TITLES, teaching_order
 
 pytestmark = pytest.mark.browser
 

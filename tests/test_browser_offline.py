@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from browser_support import assert_no_exception, wait_until_idle
 
-from explainers.service import default_methods, method_options, method_title
+from explainers.services.service import default_methods, method_options, method_title
 
 pytestmark = pytest.mark.browser
 

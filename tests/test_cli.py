@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explainers.samples import SAMPLES_DIR
+from explainers.services.samples import SAMPLES_DIR
 
 ROOT = Path(__file__).parents[1]
 

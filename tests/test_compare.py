@@ -7,9 +7,9 @@ import torch
 from conftest import GapLinear
 from PIL import Image
 
-from explainers.compare import compare_classes, compare_models, explain_panel, find_class
 from explainers.errors import ExplainerInputError, TargetError
-from explainers.metrics import box_shares, parse_box, scale_box
+from explainers.methods.metrics import box_shares, parse_box, scale_box
+from explainers.services.compare import compare_classes, compare_models, explain_panel, find_class
 from models_zoo import Preprocessing, wrap_model
 
 TINY = Preprocessing(resize=32, crop=32, mean=(0.5,) * 3, std=(0.25,) * 3)

@@ -11,8 +11,8 @@ from conftest import assert_untouched, frozen, module_state, pearson
 from torch import nn
 
 from explainers import METHODS, LayerError, MethodError, TargetError, explain
-from explainers.cam import GradCAMPlusPlus
-from explainers.core import Evidence, register
+from explainers.methods.cam import GradCAMPlusPlus
+from explainers.methods.core import Evidence, register
 
 GRADIENT_CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
 

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from explainers import METHODS, explain
-from explainers.service import run_explanation
+from explainers.services.service import run_explanation
 from models_zoo import Preprocessing
 from models_zoo.custom import (
     EXPORT_SNIPPET,

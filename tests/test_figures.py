@@ -1,13 +1,19 @@
-"""Plotly figure builders of the trust view (explainers.figures)."""
+"""Plotly figure builders of the trust view (explainers.services.figures)."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 import torch
 
-from explainers.figures import curves_figure, region_figure, sanity_figure, selection_box, shares_figure
-from explainers.metrics import Curves
-from explainers.sanity import MEASURES, SanityResult
+from explainers.methods.metrics import Curves
+from explainers.methods.sanity import MEASURES, SanityResult
+from explainers.services.figures import (
+    curves_figure,
+    region_figure,
+    sanity_figure,
+    selection_box,
+    shares_figure,
+)
 
 
 def test_curves_figure_has_both_curves_per_method():

@@ -15,7 +15,7 @@ from conftest import frozen, pearson
 from torch import nn
 
 from explainers import METHODS, Evidence, MethodError, explain, guided_to_image
-from explainers.guided import _RectifyReLUs, _Rule
+from explainers.methods.guided import _RectifyReLUs, _Rule
 
 # Captum announces its (temporary) ReLU hooks on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning")

@@ -1,4 +1,4 @@
-"""explainers.images: every ugly input becomes an 8-bit RGB image or one ImageError line."""
+"""explainers.services.images: every ugly input becomes an 8-bit RGB image or one ImageError line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from explainers.errors import ImageError
-from explainers.images import content_hash, load_image
+from explainers.services.images import content_hash, load_image
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:

@@ -19,9 +19,9 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from explainers.formats import number, percent, ratio, shown, signed
-from explainers.images import load_image
-from explainers.lessons import (
+from explainers.services.formats import number, percent, ratio, shown, signed
+from explainers.services.images import load_image
+from explainers.services.lessons import (
     CARTON,
     LESSONS,
     Lesson,
@@ -32,7 +32,7 @@ from explainers.lessons import (
     same_object,
     watermark_lesson,
 )
-from explainers.samples import list_samples
+from explainers.services.samples import list_samples
 from models_zoo import Preprocessing, ZooModel, load_model, wrap_model
 
 # The sanity lesson is another change's; its verdicts are tested there.
@@ -253,7 +253,7 @@ def test_instances_cannot_judge_one_object():
 
 def test_a_uniform_map_scores_chance_and_a_mask_scores_more():
     """The coverage measure does not reward blur: a uniform map gets 1.0× on any region."""
-    from explainers.lessons import density
+    from explainers.services.lessons import density
 
     region = torch.zeros(64, 64, dtype=torch.bool)
     region[10:30, 10:30] = True

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT, run_page
 from streamlit.testing.v1 import AppTest
 
-from explainers.lessons import LESSONS
+from explainers.services.lessons import LESSONS
 
 VERDICTS = ("Holds here", "Does not hold here", "Cannot judge here")
 MINE = [key for key in LESSONS if key != "sanity"]  # the sanity lesson is another change's

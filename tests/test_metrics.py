@@ -11,7 +11,7 @@ from torch import nn
 
 from explainers import explain
 from explainers.errors import Cancelled, ExplainerInputError
-from explainers.metrics import (
+from explainers.methods.metrics import (
     auc,
     average_drop,
     class_scores,
@@ -149,8 +149,8 @@ def random_smooth_map(seed: int, size: int = 224) -> torch.Tensor:
 
 def real_and_random(zoo, names: list[str], seeds: int, steps: int) -> tuple[dict, dict]:
     """Mean scores of Grad-CAM and of random smooth maps over the named samples."""
-    from explainers.images import load_image
-    from explainers.samples import list_samples
+    from explainers.services.images import load_image
+    from explainers.services.samples import list_samples
 
     samples = list_samples()
     real, random = [], []
@@ -174,7 +174,7 @@ def test_gradcam_beats_random_maps(lite0):
 
 @pytest.mark.slow
 def test_gradcam_beats_random_maps_on_every_sample(lite0):
-    from explainers.samples import list_samples
+    from explainers.services.samples import list_samples
 
     real, random = real_and_random(lite0, list(list_samples()), seeds=3, steps=16)
     assert real["deletion_auc"] < random["deletion_auc"] - 0.03

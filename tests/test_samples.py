@@ -1,11 +1,11 @@
-"""explainers.samples: the bundled images are present, small, listed and loadable."""
+"""explainers.services.samples: the bundled images are present, small, listed and loadable."""
 
 from __future__ import annotations
 
 import pytest
 
-from explainers.images import load_image
-from explainers.samples import SAMPLES_DIR, list_samples
+from explainers.services.images import load_image
+from explainers.services.samples import SAMPLES_DIR, list_samples
 
 
 def test_all_samples_listed_cat_first() -> None:

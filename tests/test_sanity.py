@@ -9,9 +9,8 @@ from conftest import GapLinear, assert_untouched, frozen, module_state
 from torch import nn
 
 from explainers.errors import LayerError
-from explainers.lessons import sample, sanity_lesson
-from explainers.metrics import hog_similarity, scaled_saliency, ssim
-from explainers.sanity import (
+from explainers.methods.metrics import hog_similarity, scaled_saliency, ssim
+from explainers.methods.sanity import (
     MEASURES,
     SanityResult,
     cascade_copies,
@@ -21,6 +20,7 @@ from explainers.sanity import (
     reinitialise,
     sanity_check,
 )
+from explainers.services.lessons import sample, sanity_lesson
 from models_zoo import Preprocessing, load_model, wrap_model
 
 

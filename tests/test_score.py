@@ -26,9 +26,9 @@ from explainers import (
     stage_ends,
     sweep,
 )
-from explainers.core import Evidence, cam_from_sum
-from explainers.score import CPU_BATCH_SIZE, ScoreCAM, default_batch_size
-from explainers.smooth import eigen_projection
+from explainers.methods.core import Evidence, cam_from_sum
+from explainers.methods.score import CPU_BATCH_SIZE, ScoreCAM, default_batch_size
+from explainers.methods.smooth import eigen_projection
 
 
 def resnet18(scale: float = 1.0, device: str = "cpu") -> nn.Module:

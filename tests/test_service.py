@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from explainers import METHODS, ExplainerInputError, MethodError
-from explainers.figures import heatmap_figure, predictions_figure
-from explainers.service import (
+from explainers.services.figures import heatmap_figure, predictions_figure
+from explainers.services.service import (
     MAX_WORKING_SIDE,
     ExplanationResult,
     default_methods,
@@ -176,7 +176,7 @@ def test_figures(result):
 
 def test_scorecam_tells_its_cost_reports_progress_and_can_be_cancelled(lite0, chelsea):
     from explainers.errors import Cancelled
-    from explainers.service import run_scorecam, scorecam_plan
+    from explainers.services.service import run_scorecam, scorecam_plan
 
     plan = scorecam_plan(lite0, chelsea, lite0.default_layer, 281, max_channels=8)
     assert 1 <= plan.passes <= 8 and plan.batch_size >= 1  # blank channels need no pass
@@ -191,7 +191,7 @@ def test_scorecam_tells_its_cost_reports_progress_and_can_be_cancelled(lite0, ch
 
 
 def test_top_classes_sweep_and_faithfulness(lite0, chelsea, result):
-    from explainers.service import layer_sweep, score_faithfulness, top_classes
+    from explainers.services.service import layer_sweep, score_faithfulness, top_classes
 
     classes = top_classes(lite0, chelsea, lite0.default_layer, "gradcam")
     assert [c.index for c in classes.classes] == [p.index for p in result.top]
@@ -218,8 +218,8 @@ def test_counterfactual_scores_read_the_other_way():
     """Left half: bright top rows raise class 0, dark (negative) bottom rows lower it. The plain map
     marks the top-left quadrant, a counterfactual map that works the bottom-left one. Each scores as
     its `expected` directions say, so the caption's direction is the one a working map shows."""
-    from explainers.metrics import faithfulness
-    from explainers.service import FaithfulnessScore
+    from explainers.methods.metrics import faithfulness
+    from explainers.services.service import FaithfulnessScore
 
     x = torch.zeros(1, 3, 8, 8)
     x[:, 0, :4, :4], x[:, 0, 4:, :4] = 0.9, -0.5  # p(class 0) = mean = 0.2
@@ -252,7 +252,7 @@ def test_counterfactual_scores_read_the_other_way():
 
 
 def test_counterfactual_captions_say_so(lite0, chelsea):
-    from explainers.service import run_explanation, score_faithfulness
+    from explainers.services.service import run_explanation, score_faithfulness
 
     # Coffee mug: at the final feature map the cat classes have no counterfactual region on
     # Chelsea (every position's evidence for them is positive), the mug has.
@@ -270,7 +270,7 @@ def test_counterfactual_captions_say_so(lite0, chelsea):
 
 
 def test_scores_that_cannot_be_measured_say_why():
-    from explainers.service import FaithfulnessScore
+    from explainers.services.service import FaithfulnessScore
 
     zero = FaithfulnessScore(math.nan, False, 0.1, 0.2, {})
     assert zero.summary().startswith("Avg drop not measurable (the class has probability 0)")
@@ -279,7 +279,7 @@ def test_scores_that_cannot_be_measured_say_why():
 
 
 def test_guided_maps_in_the_service_are_not_scored(lite0, chelsea):
-    from explainers.service import run_explanation, score_faithfulness
+    from explainers.services.service import run_explanation, score_faithfulness
 
     result = run_explanation(lite0, chelsea, lite0.default_layer, ["gradcam", "guided_backprop"])
     calls = []

@@ -14,9 +14,9 @@ from torch import nn
 from torchvision.models import resnet18
 
 from explainers import LayerError, explain
-from explainers.core import Evidence
-from explainers.metrics import average_drop, confidence
-from explainers.samples import SAMPLES_DIR
+from explainers.methods.core import Evidence
+from explainers.methods.metrics import average_drop, confidence
+from explainers.services.samples import SAMPLES_DIR
 from models_zoo import FINAL, load_model, probe
 
 
@@ -340,7 +340,7 @@ class ClassTokenOnly(Tokens):
 
 
 def test_a_blank_map_says_when_no_gradient_reaches_the_layer(chelsea):
-    from explainers.service import NO_GRADIENT, run_explanation
+    from explainers.services.service import NO_GRADIENT, run_explanation
     from models_zoo import Preprocessing, wrap_model
 
     tiny = Preprocessing(16, 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

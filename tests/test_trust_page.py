@@ -16,7 +16,7 @@ import torchvision
 from conftest import run_page
 from streamlit.testing.v1 import AppTest
 
-from explainers.render import draw_box
+from explainers.services.render import draw_box
 
 CUSTOM = "Custom model (upload)…"
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 import models_zoo
 from explainers import explain
-from explainers.core import Evidence
-from explainers.samples import SAMPLES_DIR
+from explainers.methods.core import Evidence
+from explainers.services.samples import SAMPLES_DIR
 from models_zoo import (
     DEFAULT_MODEL,
     FINAL,

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from explainers.core import Explanation, explain
 from explainers.errors import TargetError, did_you_mean
-from explainers.multi import explain_classes
+from explainers.methods.core import Explanation, explain
+from explainers.methods.multi import explain_classes
 
 if TYPE_CHECKING:
     from models_zoo.zoo import ZooModel

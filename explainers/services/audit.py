@@ -43,7 +43,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from explainers.audit_groups import (
+from explainers.errors import ExplainerInputError
+from explainers.methods.capture import check_target
+from explainers.methods.metrics import parse_box
+from explainers.services.audit_groups import (
     NOT_LISTED,
     GroupSummary,
     check_boxes,
@@ -52,11 +55,10 @@ from explainers.audit_groups import (
     write_groups_csv,
     write_predictions_csv,
 )
-from explainers.audit_report import write_report
-from explainers.audit_store import RunStore
-from explainers.audit_work import SCORES, AuditSettings, Item, Row, audit_batch
-from explainers.capture import check_target
-from explainers.cli import (
+from explainers.services.audit_report import write_report
+from explainers.services.audit_store import RunStore
+from explainers.services.audit_work import SCORES, AuditSettings, Item, Row, audit_batch
+from explainers.services.cli import (
     DEFAULT_METHODS,
     LAYER_HELP,
     OneLineParser,
@@ -64,9 +66,7 @@ from explainers.cli import (
     load_zoo,
     parse_methods,
 )
-from explainers.compare import find_class
-from explainers.errors import ExplainerInputError
-from explainers.metrics import parse_box
+from explainers.services.compare import find_class
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 ENGINES = ("inprocess", "ray")
@@ -441,7 +441,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[GroupSummary]]:
 
     start = time.perf_counter()
     if args.engine == "ray" and batches:
-        from explainers.audit_ray import run_on_ray
+        from explainers.services.audit_ray import run_on_ray
 
         nodes = run_on_ray(settings, batches, finished, args.workers)
         print("ray: images per node: " + ", ".join(f"{n}: {c}" for n, c in nodes.items()), file=sys.stderr)

@@ -24,8 +24,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from explainers.audit_work import SCORES, Row
 from explainers.errors import ExplainerInputError, reason
+from explainers.services.audit_work import SCORES, Row
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"

@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from explainers.audit_groups import ALL, GroupSummary
-from explainers.audit_work import Row
-from explainers.core import method_title
+from explainers.methods.core import method_title
+from explainers.services.audit_groups import ALL, GroupSummary
+from explainers.services.audit_work import Row
 
 LOOK_AT = 12  # images in each of the highest / lowest box-share lists
 TOP_CLASSES = 8  # classes drawn in the prediction plot; the rest are "other"

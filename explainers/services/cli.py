@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from explainers.core import check_methods
 from explainers.errors import ExplainerInputError, MethodError
+from explainers.methods.core import check_methods
 
 DEFAULT_METHODS = "gradcam,gradcam++"
 LAYER_HELP = (

@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from explainers.core import (
+from explainers.errors import ExplainerInputError, LayerError
+from explainers.methods.core import (
     Evidence,
     Explanation,
     check_methods,
@@ -26,7 +27,6 @@ from explainers.core import (
     request_options,
     upsample,
 )
-from explainers.errors import ExplainerInputError, LayerError
 from models_zoo.targets import probe
 
 

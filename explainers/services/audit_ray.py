@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explainers.audit_work import AuditSettings, Item, Row, audit_batch
+from explainers.services.audit_work import AuditSettings, Item, Row, audit_batch
 
 ROOT = Path(__file__).resolve().parents[1]  # the folder that holds explainers/ and models_zoo/
 

@@ -23,11 +23,12 @@ a note that says why (`GUIDED_NOTE`).
 Under a counterfactual map (what lowers the class) every score reads the other way: a map that
 works keeps what lowers the class, so image ⊙ map loses confidence (high Average Drop), and
 deleting its pixels first raises the class (high deletion AUC, low insertion AUC). The scores
-are computed the same way; `explainers.service.FaithfulnessScore` says which way they read.
+are computed the same way; `explainers.services.service.FaithfulnessScore` says which way they read.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,8 +39,8 @@ import torch
 from torch import nn
 from torchvision.transforms import functional as TF
 
-from explainers.capture import model_device
 from explainers.errors import Cancelled, ExplainerInputError
+from explainers.methods.capture import model_device
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, x1 and y1 exclusive
 
@@ -452,6 +453,109 @@ BLANK_NOTE = "the map is blank (the same everywhere), so there is nothing to sco
 
 Progress = Callable[[int, int], "bool | None"]
 
+# Images per forward pass of `faithfulness_batch` when none is given.
+SCORE_BATCH_SIZE = 64
+GPU_SCORE_BATCH_SIZE = 256
+
+
+class _ImageScoring:
+    """The images that score one image's maps (`faithfulness`) and how their scores become results.
+
+    What each image is (its spec): ("x",), ("masked", name), ("baseline",), ("blurred",), or
+    ("deletion" | "insertion", name, step) for the inner steps 1 .. steps-1. The curves' shared
+    ends are scored once: x (deletion at 0, insertion at 1), the all-baseline image (deletion at
+    1) and the blurred image (insertion at 0).
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        maps: Mapping[str, torch.Tensor],
+        target: int,
+        steps: int,
+        blur: float,
+        seed: int,
+    ) -> None:
+        device = x.device
+        height, width = x.shape[-2:]
+        self.names = list(maps)
+        for name in self.names:
+            if saliency(maps[name]).shape != (height, width):
+                raise ExplainerInputError(
+                    f"Map {tuple(maps[name].shape)} and image {(height, width)} differ in size."
+                )
+        self.target = int(target)
+        self.steps = steps
+        self.notes = {
+            name: GUIDED_NOTE if maps[name].ndim == 3 else BLANK_NOTE
+            for name in self.names
+            if maps[name].ndim == 3 or is_blank(maps[name])
+        }
+        scored = [name for name in self.names if name not in self.notes]
+        self.masks = {name: saliency(maps[name]).to(device) for name in scored}
+        curved = scored if steps else []
+        self.ranks = {name: pixel_order(maps[name], seed).to(device) for name in curved}
+        self.fractions = torch.linspace(0, 1, steps + 1) if curved else torch.zeros(0)
+        self.counts = (self.fractions * height * width).round().to(device)
+        self.x = x[0]
+        self.start = blurred(x, blur)[0] if curved else self.x
+        self.fill = torch.zeros_like(self.x)
+        self.specs: list[tuple] = [("x",)] + [("masked", name) for name in scored]
+        if curved:
+            self.specs += [("baseline",), ("blurred",)]
+            self.specs += [
+                (kind, name, i)
+                for name in curved
+                for kind in ("deletion", "insertion")
+                for i in range(1, steps)
+            ]
+
+    def image(self, spec: tuple) -> torch.Tensor:
+        """The (C, H, W) image of one spec."""
+        kind = spec[0]
+        if kind == "x":
+            return self.x
+        if kind == "masked":
+            return self.x * self.masks[spec[1]]
+        if kind == "baseline":
+            return self.fill
+        if kind == "blurred":
+            return self.start
+        changed = self.ranks[spec[1]] < self.counts[spec[2]]  # (H, W): the top pixels of that step
+        if kind == "deletion":
+            return torch.where(changed, self.fill, self.x)
+        return torch.where(changed, self.x, self.start)
+
+    def results(self, scores: torch.Tensor) -> dict[str, Faithfulness]:
+        """method -> `Faithfulness`, from the class's probability on each spec's image, (len(specs),)."""
+        index = {spec: i for i, spec in enumerate(self.specs)}
+        original = float(scores[0])
+        steps = self.steps
+
+        def curves_of(name: str) -> Curves:
+            inner = {
+                kind: scores[[index[(kind, name, i)] for i in range(1, steps)]]
+                for kind in ("deletion", "insertion")
+            }
+            deletion = torch.cat([scores[:1], inner["deletion"], scores[index[("baseline",)]][None]])
+            insertion = torch.cat([scores[index[("blurred",)]][None], inner["insertion"], scores[:1]])
+            return make_curves(self.fractions, deletion, insertion)
+
+        results = {}
+        for name in self.names:
+            if name in self.notes:
+                results[name] = Faithfulness(original, math.nan, math.nan, False, None, self.notes[name])
+                continue
+            masked = float(scores[index[("masked", name)]])
+            results[name] = Faithfulness(
+                original=original,
+                masked=masked,
+                drop=average_drop(original, masked),
+                increase=masked > original,
+                curves=curves_of(name) if name in self.ranks else None,
+            )
+        return results
+
 
 def faithfulness(
     model: nn.Module,
@@ -471,7 +575,7 @@ def faithfulness(
     curves these equal). The curves' shared ends are scored once: x (deletion at 0, insertion
     at 1), the all-baseline image (deletion at 1) and the blurred image (insertion at 0). So k
     maps cost 3 + k + 2k(steps - 1) images instead of k(2 steps + 3) + 1, in batches of
-    ``batch_size``.
+    ``batch_size``. For many images, `faithfulness_batch` shares the batches between them.
 
     Guided maps (H, W, 3) get no scores (NaN, with `GUIDED_NOTE`): divided by its maximum a guided
     map averages 0.01-0.06 and blanks the image, and even scaled by its 99th percentile its
@@ -496,89 +600,138 @@ def faithfulness(
         Cancelled: ``progress`` returned False.
     """
     device = model_device(model)
-    x = x.detach().float().to(device)
-    height, width = x.shape[-2:]
-    names = list(maps)
-    for name in names:
-        if saliency(maps[name]).shape != (height, width):
-            raise ExplainerInputError(
-                f"Map {tuple(maps[name].shape)} and image {(height, width)} differ in size."
-            )
-    notes = {
-        name: GUIDED_NOTE if maps[name].ndim == 3 else BLANK_NOTE
-        for name in names
-        if maps[name].ndim == 3 or is_blank(maps[name])
-    }
-    scored = [name for name in names if name not in notes]
-    masks = {name: saliency(maps[name]).to(device) for name in scored}
-    curved = scored if steps else []
-    ranks = {name: pixel_order(maps[name], seed).to(device) for name in curved}
-    fractions = torch.linspace(0, 1, steps + 1) if curved else torch.zeros(0)
-    counts = (fractions * height * width).round().to(device)
-    start = blurred(x, blur) if curved else x
-    fill = torch.zeros_like(x)
-
-    # What each image is: ("x",), ("masked", name), ("baseline",), ("blurred",), or
-    # ("deletion" | "insertion", name, step) for the inner steps 1 .. steps-1.
-    specs: list[tuple] = [("x",)] + [("masked", name) for name in scored]
-    if curved:
-        specs += [("baseline",), ("blurred",)]
-        specs += [
-            (kind, name, i) for name in curved for kind in ("deletion", "insertion") for i in range(1, steps)
-        ]
-
-    def image(spec: tuple) -> torch.Tensor:
-        kind = spec[0]
-        if kind == "x":
-            return x[0]
-        if kind == "masked":
-            return x[0] * masks[spec[1]]
-        if kind == "baseline":
-            return fill[0]
-        if kind == "blurred":
-            return start[0]
-        changed = ranks[spec[1]] < counts[spec[2]]  # (H, W): the top pixels of that step
-        if kind == "deletion":
-            return torch.where(changed, fill[0], x[0])
-        return torch.where(changed, x[0], start[0])
+    plan = _ImageScoring(x.detach().float().to(device), maps, target, steps, blur, seed)
 
     def batches() -> Iterator[torch.Tensor]:
-        for first in range(0, len(specs), batch_size):
-            yield torch.stack([image(spec) for spec in specs[first : first + batch_size]])
+        for first in range(0, len(plan.specs), batch_size):
+            yield torch.stack([plan.image(spec) for spec in plan.specs[first : first + batch_size]])
 
-    scores = torch.empty(len(specs))
+    scores = torch.empty(len(plan.specs))
     done = 0
-    _report(progress, done, len(specs))
-    for chunk in _scores(model, batches(), target):
+    _report(progress, done, len(plan.specs))
+    for chunk in _scores(model, batches(), plan.target):
         scores[done : done + chunk.numel()] = chunk
         done += chunk.numel()
-        _report(progress, done, len(specs))
-    index = {spec: i for i, spec in enumerate(specs)}
-    original = float(scores[0])
+        _report(progress, done, len(plan.specs))
+    return plan.results(scores)
 
-    def curves_of(name: str) -> Curves:
-        inner = {
-            kind: scores[[index[(kind, name, i)] for i in range(1, steps)]]
-            for kind in ("deletion", "insertion")
-        }
-        deletion = torch.cat([scores[:1], inner["deletion"], scores[index[("baseline",)]][None]])
-        insertion = torch.cat([scores[index[("blurred",)]][None], inner["insertion"], scores[:1]])
-        return make_curves(fractions, deletion, insertion)
 
-    results = {}
-    for name in names:
-        if name in notes:
-            results[name] = Faithfulness(original, math.nan, math.nan, False, None, notes[name])
-            continue
-        masked = float(scores[index[("masked", name)]])
-        results[name] = Faithfulness(
-            original=original,
-            masked=masked,
-            drop=average_drop(original, masked),
-            increase=masked > original,
-            curves=curves_of(name) if name in ranks else None,
+def faithfulness_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: Sequence[Mapping[str, torch.Tensor]],
+    targets: Sequence[int],
+    steps: int = 16,
+    blur: float = 5.0,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Faithfulness]]:
+    """`faithfulness` of N images × M maps, their images sharing batched forward passes.
+
+    Each image's scored images are those of `faithfulness`; here the images of consecutive
+    input images fill the same batches (no partly filled batch per image), and the all-baseline
+    image, the same for every input, is scored once for all. Inputs are prepared a batch at a
+    time, so memory does not grow with N. Each result equals ``faithfulness(model, x[i:i+1],
+    maps[i], targets[i], steps, blur, seed)`` up to the rounding of batched kernels.
+
+    Args:
+        model: the classifier, in eval mode (never modified).
+        x: the preprocessed images, (N, C, H, W).
+        maps: per image, method -> map (as `Explanation.maps`).
+        targets: per image, the explained class (`Explanation.target`).
+        steps, blur, seed: as for `faithfulness` (default steps: 16, the audit's).
+        batch_size: images per forward pass; None: `SCORE_BATCH_SIZE` on a CPU, `GPU_SCORE_BATCH_SIZE`
+            on a GPU.
+        progress: called as progress(done, total) with the number of images scored over all
+            inputs, before the first batch and after each; returning False stops (`Cancelled`).
+
+    Returns:
+        Per image, method -> `Faithfulness`.
+
+    Raises:
+        ExplainerInputError: a count or size that does not match.
+        Cancelled: ``progress`` returned False.
+    """
+    if x.ndim != 4:
+        raise ExplainerInputError(f"Expected images of shape (N, C, H, W), got {tuple(x.shape)}.")
+    count = x.shape[0]
+    if len(maps) != count or len(targets) != count:
+        raise ExplainerInputError(
+            f"{count} images need as many maps and targets: got {len(maps)} and {len(targets)}."
         )
+    if steps < 0:
+        raise ValueError("steps must be 0 or more.")
+    device = model_device(model)
+    if batch_size is None:
+        batch_size = GPU_SCORE_BATCH_SIZE if device.type == "cuda" else SCORE_BATCH_SIZE
+    if batch_size < 1:
+        raise ExplainerInputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if count == 0:
+        return []
+    x = x.detach().float()
+    share_baseline = steps > 0
+
+    # Every image's spec count is known from its maps alone: the total, for progress.
+    def spec_count(image_maps: Mapping[str, torch.Tensor]) -> int:
+        scored = sum(not (m.ndim == 3 or is_blank(m)) for m in image_maps.values())
+        return 1 + scored + (2 * scored * (steps - 1) + 1 if scored and steps else 0)
+
+    total = int(share_baseline) + sum(spec_count(m) for m in maps)
+    # Rows are (image index, position in its specs, spec); image -1 is the all-baseline image,
+    # the same for every input, scored once: its probabilities of every class are kept.
+    plans: dict[int, _ImageScoring] = {}  # the images whose rows are being scored
+    scores: dict[int, torch.Tensor] = {}
+    remaining: dict[int, int] = {}  # rows of an image not scored yet
+    baseline: torch.Tensor | None = None  # (num_classes,)
+    results: list[dict[str, Faithfulness]] = []
+
+    def rows() -> Iterator[tuple[int, int, tuple]]:
+        if share_baseline:
+            yield -1, -1, ("baseline",)
+        for i in range(count):
+            current = plans[i] = _ImageScoring(
+                x[i : i + 1].to(device), maps[i], targets[i], steps, blur, seed
+            )
+            scores[i] = torch.empty(len(current.specs))
+            remaining[i] = sum(spec != ("baseline",) for spec in current.specs)
+            for position, spec in enumerate(current.specs):
+                if spec != ("baseline",):
+                    yield i, position, spec
+
+    def finish(i: int) -> None:
+        current, values = plans.pop(i), scores.pop(i)
+        del remaining[i]
+        if ("baseline",) in current.specs:
+            values[current.specs.index(("baseline",))] = baseline[current.target]
+        results.append(current.results(values))
+
+    done = 0
+    _report(progress, done, total)
+    stream = rows()
+    blank = torch.zeros_like(x[0], device=device)
+    with torch.inference_mode():
+        while batch := list(itertools.islice(stream, batch_size)):
+            images = torch.stack([plans[i].image(spec) if i >= 0 else blank for i, _, spec in batch])
+            probabilities = _probabilities(model, images)  # (b, num_classes)
+            for row, (i, position, _) in enumerate(batch):
+                if i < 0:
+                    baseline = probabilities[row]
+                    continue
+                scores[i][position] = probabilities[row, plans[i].target]
+                remaining[i] -= 1
+            for i in [i for i, left in remaining.items() if left == 0]:  # images in order
+                finish(i)
+            done += len(batch)
+            _report(progress, done, total)
     return results
+
+
+def _probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Softmax class probabilities of a batch, (b, num_classes), on the CPU (call under inference mode)."""
+    if images.device.type == "cpu":  # oneDNN's channels-last convolutions (as `_scores`)
+        images = images.contiguous(memory_format=torch.channels_last)
+    return model(images).float().softmax(-1).cpu()
 
 
 def _report(progress: Progress | None, done: int, total: int) -> None:

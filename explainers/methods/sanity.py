@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from explainers.capture import model_device, resolve_layer
-from explainers.core import explain
-from explainers.metrics import hog_similarity, is_blank, scaled_saliency, signed_map, spearman, ssim
+from explainers.methods.capture import model_device, resolve_layer
+from explainers.methods.core import explain
+from explainers.methods.metrics import hog_similarity, is_blank, scaled_saliency, signed_map, spearman, ssim
 from models_zoo.untrained import batchnorm_layers, recalibrate_batchnorm
 
 # Containers whose children are randomised one by one rather than all at once.

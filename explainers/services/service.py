@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from explainers.core import METHODS, Evidence, check_methods, method_title
 from explainers.errors import ExplainerInputError, MethodError
-from explainers.images import content_hash, load_image
-from explainers.metrics import faithfulness
-from explainers.multi import explain_classes, fuse_layers, sweep
-from explainers.render import picture, to_numpy
-from explainers.score import Progress, default_batch_size, scorecam_passes
+from explainers.methods.core import METHODS, Evidence, check_methods, method_title
+from explainers.methods.metrics import faithfulness
+from explainers.methods.multi import explain_classes, fuse_layers, sweep
+from explainers.methods.score import Progress, default_batch_size, scorecam_passes
+from explainers.services.images import content_hash, load_image
+from explainers.services.render import picture, to_numpy
 from models_zoo import ZooModel
 
 # Models see crops of a few hundred pixels; a larger working copy only costs memory and time.
@@ -476,7 +476,7 @@ class FaithfulnessScore:
         increase: Increase in Confidence: whether O > Y.
         deletion_auc: NaN when the curves were left out (see ``note``).
         insertion_auc: NaN when the curves were left out.
-        curves: `explainers.metrics.Curves` with numpy arrays, for `curves_figure`; empty when
+        curves: `explainers.methods.metrics.Curves` with numpy arrays, for `curves_figure`; empty when
             left out.
         counterfactual: whether the map is a counterfactual one.
         note: why a score was left out, or None.
@@ -534,7 +534,7 @@ def score_faithfulness(
 ) -> dict[str, FaithfulnessScore]:
     """Average Drop, Increase in Confidence and deletion/insertion AUC of a result's maps.
 
-    All maps are scored in one set of batched forward passes (`explainers.metrics.faithfulness`).
+    All maps are scored in one set of batched forward passes (`explainers.methods.metrics.faithfulness`).
     Guided maps get Average Drop and Increase in Confidence on their 99th-percentile scale and no
     curves, with a note. A counterfactual result's scores say that they read the other way.
 

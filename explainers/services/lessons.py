@@ -5,7 +5,7 @@ claim, the panels that show it, the numbers measured, and a verdict derived from
 Each lesson first checks what its test needs (a trained model, maps that are not blank, an image
 that fits, two classes that name different things) and otherwise says why it cannot judge; its
 test compares an effect with a baseline (chance, a control), so it can fail; and the verdict
-compares the numbers as they are shown (`explainers.formats.shown`), so it follows from them.
+compares the numbers as they are shown (`explainers.services.formats.shown`), so it follows from them.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from explainers.core import explain
-from explainers.formats import CORRELATION, PERCENT, RATIO, number, shown
-from explainers.images import load_image
-from explainers.metrics import class_scores, saliency, spearman
-from explainers.multi import explain_classes, fuse_layers, sweep
-from explainers.render import overlay, to_numpy
-from explainers.samples import SAMPLES_DIR
+from explainers.methods.core import explain
+from explainers.methods.metrics import class_scores, saliency, spearman
+from explainers.methods.multi import explain_classes, fuse_layers, sweep
+from explainers.services.formats import CORRELATION, PERCENT, RATIO, number, shown
+from explainers.services.images import load_image
+from explainers.services.render import overlay, to_numpy
+from explainers.services.samples import SAMPLES_DIR
 from models_zoo import ZooModel
 
 CARTON = 478  # ImageNet "carton": the class ImageNet-W's watermark triggers
@@ -53,7 +53,7 @@ class Lesson:
         holds: True if the measurements support the claim, False if they contradict it, None
             if the lesson cannot judge here (the verdict then says why).
         verdict: one or two sentences built from the measurements.
-        units: measurement name -> its unit (`explainers.formats`: "%", "×", "ρ"), so that the
+        units: measurement name -> its unit (`explainers.services.formats`: "%", "×", "ρ"), so that the
             page shows each number as the verdict writes it.
         series: optional curves to plot: name -> values over `series_x`.
         series_x: labels of the curves' x axis.
@@ -454,7 +454,7 @@ def discrimination_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Le
     (0 is what two unrelated maps give). Needs two classes the model sees (P ≥ 1 %) that name
     different objects.
     """
-    from explainers.guided import guided_to_image
+    from explainers.methods.guided import guided_to_image
 
     given = image is not None
     image, x, crop = inputs(zoo, image, "cat_and_coffee.jpg")
@@ -635,7 +635,7 @@ def instances_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
 
 
 # The sanity lesson re-initialises this many units from the top, once per seed of
-# `explainers.sanity.DEFAULT_SEEDS`: the top units tell Adebayo et al.'s story, and 4 x 3 steps
+# `explainers.methods.sanity.DEFAULT_SEEDS`: the top units tell Adebayo et al.'s story, and 4 x 3 steps
 # keep the lesson to seconds on a CPU.
 SANITY_STEPS = 4
 
@@ -645,10 +645,17 @@ def sanity_lesson(zoo: ZooModel, image: Image.Image | None = None) -> Lesson:
     """Adebayo et al. 2018: a faithful map must change when the model's weights are randomised.
 
     Measured with the paper's four similarity measures over the cascade and three seeds; not
-    measurable on an untrained model or when an original map is blank (`explainers.sanity.judge`).
+    measurable on an untrained model or when an original map is blank (`explainers.methods.sanity.judge`).
     """
-    from explainers.guided import guided_to_image
-    from explainers.sanity import DEFAULT_SEEDS, JUDGED, MEASURES, judge, judge_untrained, sanity_check
+    from explainers.methods.guided import guided_to_image
+    from explainers.methods.sanity import (
+        DEFAULT_SEEDS,
+        JUDGED,
+        MEASURES,
+        judge,
+        judge_untrained,
+        sanity_check,
+    )
 
     image, x, crop = inputs(zoo, image, "chelsea.jpg")
     methods = {"gradcam": "Grad-CAM", "guided_backprop": "guided backprop"}

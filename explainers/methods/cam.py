@@ -4,7 +4,7 @@ Notation: A is the layer's activation (1, C, h, w), g = d y^c / d A is (k, C, h,
 classes, Z = h * w. Every map is ReLU(sum_k w_k A^k), upsampled and normalised by the base class;
 a method only says how its weights w are made, shaped (k, C) or element-wise (k, C, h, w).
 With the ``eigen_smooth`` option the channel sum becomes the first principal component of the
-weighted activations (`explainers.smooth.eigen_projection`).
+weighted activations (`explainers.methods.smooth.eigen_projection`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from explainers.core import Evidence, Method, cam_from_sum, register
 from explainers.errors import MethodError
-from explainers.smooth import eigen_projection
+from explainers.methods.core import Evidence, Method, cam_from_sum, register
+from explainers.methods.smooth import eigen_projection
 
 
 class WeightedActivationCAM(Method):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from explainers.core import Evidence, Explanation, collect, get_method, normalise
+from explainers.methods.core import Evidence, Explanation, collect, get_method, normalise
 
 # The `grad-cam` package's default test-time augmentations (ttach): a horizontal flip times a
 # multiplication of the pixel values (not a resize) by each factor.

@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 
 from explainers import METHODS
-from explainers.batch import explain_batch
-from explainers.cli import file_stem, load_zoo
 from explainers.errors import ImageError
-from explainers.images import load_image
-from explainers.metrics import Box, energy_in_box, faithfulness, is_blank
-from explainers.render import draw_box, picture, to_numpy
+from explainers.methods.batch import explain_batch
+from explainers.methods.metrics import Box, energy_in_box, faithfulness_batch, is_blank
+from explainers.services.cli import file_stem, load_zoo
+from explainers.services.images import load_image
+from explainers.services.render import draw_box, picture, to_numpy
 
 # The per-method scores of a row, in the CSV's units: fractions in [0, 1] and a 0/1 flag.
 SCORES = ("energy_in_box", "average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc")
@@ -115,14 +115,6 @@ def box_share(heatmap: torch.Tensor, box: Box | None) -> float:
     if box is None or is_blank(heatmap):
         return NAN
     return energy_in_box(heatmap, box)
-
-
-# TEMPORARY stand-in for explainers.metrics.faithfulness_batch (branch `batch`), with its
-# signature; replaced by the real one when that branch lands.
-def faithfulness_batch(model, x, maps, targets, steps=16):
-    return [
-        faithfulness(model, x[i : i + 1], m, t, steps=steps) for i, (m, t) in enumerate(zip(maps, targets))
-    ]
 
 
 def audit_batch(zoo, settings: AuditSettings, items: Sequence[Item]) -> list[tuple[Row, dict[str, bytes]]]:

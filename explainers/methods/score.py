@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainers.cam import WeightedActivationCAM
-from explainers.core import Evidence, register
 from explainers.errors import Cancelled, ExplainerInputError, MethodError
-from explainers.smooth import AUGMENTATIONS, augment
+from explainers.methods.cam import WeightedActivationCAM
+from explainers.methods.core import Evidence, register
+from explainers.methods.smooth import AUGMENTATIONS, augment
 
 Progress = Callable[[int, int], "bool | None"]
 

@@ -10,13 +10,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explainers.core import method_title
-from explainers.formats import percent
-from explainers.metrics import Curves
-from explainers.sanity import CHANGED_BELOW, MEASURES, SanityResult
-from explainers.service import Prediction
+from explainers.methods.core import method_title
+from explainers.methods.metrics import Curves
+from explainers.methods.sanity import CHANGED_BELOW, MEASURES, SanityResult
+from explainers.services.formats import percent
+from explainers.services.service import Prediction
 
-# Plotly's names for the colour scales of explainers.render.COLORMAPS.
+# Plotly's names for the colour scales of explainers.services.render.COLORMAPS.
 _PLOTLY_SCALES = {
     "jet": "Jet",
     "turbo": "Turbo",
@@ -81,7 +81,7 @@ def sanity_figure(result: SanityResult, measure: str = "spearman_abs") -> go.Fig
 
     Args:
         result: a `sanity_check` result.
-        measure: a key of `explainers.sanity.MEASURES`.
+        measure: a key of `explainers.methods.sanity.MEASURES`.
     """
     figure = go.Figure()
     steps = ["original", *result.step_names]

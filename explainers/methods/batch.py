@@ -20,8 +20,9 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from explainers.capture import Captured, model_device
-from explainers.core import (
+from explainers.errors import ExplainerInputError, TargetError
+from explainers.methods.capture import Captured, model_device
+from explainers.methods.core import (
     Evidence,
     Explanation,
     capture_forward,
@@ -31,7 +32,6 @@ from explainers.core import (
     get_method,
     request_options,
 )
-from explainers.errors import ExplainerInputError, TargetError
 
 T = TypeVar("T")
 

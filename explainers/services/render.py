@@ -81,7 +81,7 @@ def picture(
     """A map as shown: a heat-map overlay on ``crop`` for a CAM (``kind`` "cam"), the papers'
     display for a guided map (``kind`` "guided", see `Method.kind`). RGB uint8 (H, W, 3)."""
     if kind == "guided":
-        from explainers.guided import guided_to_image  # guided registers methods: import on use
+        from explainers.methods.guided import guided_to_image  # guided registers methods: import on use
 
         return guided_to_image(values)
     return overlay(crop, values, colormap, opacity)

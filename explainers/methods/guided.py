@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from explainers.core import Evidence, Method, batched_grad, register
 from explainers.errors import MethodError
+from explainers.methods.core import Evidence, Method, batched_grad, register
 from models_zoo.targets import RELU_CALLS
 
 if TYPE_CHECKING:
-    from explainers.batch import BatchEvidence
+    from explainers.methods.batch import BatchEvidence
 
 
 @dataclass
@@ -263,6 +263,8 @@ def guided_to_image(guided_map: torch.Tensor | np.ndarray) -> np.ndarray:
     Returns:
         The image, (H, W, 3) uint8.
     """
+    if isinstance(guided_map, np.ndarray) and not guided_map.flags.writeable:
+        guided_map = guided_map.copy()  # a shared, read-only result: torch would warn
     m = torch.as_tensor(guided_map).detach().float()
     m = (m - m.mean()) / (m.std(correction=0) + 1e-5) * 0.1 + 0.5
     return (m.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from explainers.audit_work import SCORES, Row
 from explainers.errors import ExplainerInputError, did_you_mean, reason
-from explainers.metrics import Box
+from explainers.methods.metrics import Box
+from explainers.services.audit_work import SCORES, Row
 
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 ALL = "all images"  # the summary over every image, first in each table

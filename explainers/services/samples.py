@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-SAMPLES_DIR: Path = Path(__file__).resolve().parent.parent / "assets" / "samples"
+SAMPLES_DIR: Path = Path(__file__).resolve().parents[2] / "assets" / "samples"
 
 # Display name -> file name, in the order the app offers them: the classic cat first, then the
 # two Grad-CAM++ collages, then the rest.

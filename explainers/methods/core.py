@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainers.capture import Captured, capture_targets, model_device, parse_target
 from explainers.errors import ExplainerInputError, MethodError, TargetError, did_you_mean
+from explainers.methods.capture import Captured, capture_targets, model_device, parse_target
 
 if TYPE_CHECKING:
-    from explainers.batch import BatchEvidence
+    from explainers.methods.batch import BatchEvidence
 
 T = TypeVar("T")
 
@@ -197,7 +197,7 @@ class Method:
         raise NotImplementedError
 
     def prepare_batch(self, batch: BatchEvidence, layer: str) -> None:
-        """Run this method's own extra passes once for a batch of images (`explainers.batch`).
+        """Run this method's own extra passes once for a batch of images (`explainers.methods.batch`).
 
         A method with passes beyond the shared forward and backward (the guided family's
         rectified backward) may compute them for all images at once and hand each image its
@@ -397,11 +397,11 @@ def explain(
         target: the class index to explain; None explains the predicted top-1 class.
         counterfactual: explain what lowers the score (negated gradients).
         aug_smooth: average each CAM over horizontal flips and pixel-value scales of the
-            input, mapped back (`explainers.smooth`); six times the passes.
+            input, mapped back (`explainers.methods.smooth`); six times the passes.
         eigen_smooth: replace each CAM's channel sum by the first principal component of
-            the weighted activations (`explainers.smooth.eigen_projection`).
+            the weighted activations (`explainers.methods.smooth.eigen_projection`).
         options: method options, e.g. Score-CAM's ``max_channels``, ``batch_size``,
-            ``progress`` and ``scoring`` (`explainers.score`).
+            ``progress`` and ``scoring`` (`explainers.methods.score`).
 
     Returns:
         An `Explanation` with one map per method.
@@ -415,7 +415,7 @@ def explain(
     options = request_options(options, eigen_smooth)
     targets = None if target is None else [target]
     if aug_smooth:
-        from explainers.smooth import explain_augmented  # imports this module
+        from explainers.methods.smooth import explain_augmented  # imports this module
 
         return explain_augmented(model, x, layer, names, targets, counterfactual, options, start)
     evidence = Evidence(model, x, [layer], targets, counterfactual, options=options)

@@ -1,0 +1,88 @@
+"""The app's result caches: bounded in bytes, shared without copies, computed once per key."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import app_cache
+from app_cache import CACHE_BUDGETS_MB, SIZED_CACHES, BoundedStore, SizedCache, footprint
+
+
+def test_store_keeps_its_byte_budget_least_recently_used_first() -> None:
+    store = BoundedStore(100, max_bytes=3_000)
+    for i in range(3):
+        store.put(i, np.zeros(1_000, np.uint8))
+    store.get(0)  # now the most recently used
+    store.put(3, np.zeros(1_000, np.uint8))
+    assert store.get(1) is None, "the least recently used entry goes first"
+    assert store.get(0) is not None and store.get(3) is not None
+    assert store.bytes <= 3_000
+    store.put("huge", np.zeros(10_000, np.uint8))
+    assert store.get("huge") is None, "an entry over the whole budget is not kept"
+    assert store.bytes <= 3_000
+
+
+def test_store_replaces_an_entry_without_counting_it_twice() -> None:
+    store = BoundedStore(10, max_bytes=10_000)
+    store.put("a", np.zeros(1_000, np.uint8))
+    store.put("a", np.zeros(2_000, np.uint8))
+    assert len(store) == 1 and store.bytes == 2_000
+
+
+def test_footprint_counts_arrays_inside_results() -> None:
+    result = {"maps": [np.zeros((224, 224), np.float32)] * 2, "png": b"x" * 1000}
+    assert 2 * 224 * 224 * 4 + 1000 <= footprint(result) < 2 * 224 * 224 * 4 + 2000
+
+
+def test_cached_results_are_shared_and_read_only() -> None:
+    calls = []
+    cache = SizedCache(lambda digest, _image: calls.append(digest) or {"map": np.ones(4)}, 1, None)
+    first = cache("a", _image=object())
+    second = cache("a", _image=object())  # "_" arguments are not part of the key
+    assert first is second and calls == ["a"]
+    with pytest.raises(ValueError):
+        first["map"][0] = 0
+
+
+def test_concurrent_requests_for_one_key_compute_once() -> None:
+    calls = []
+
+    def slow(key: str) -> np.ndarray:
+        calls.append(key)
+        time.sleep(0.2)
+        return np.zeros(3)
+
+    cache = SizedCache(slow, 1, None)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache("k"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == ["k"] and len(results) == 4 and all(r is results[0] for r in results)
+
+
+def test_an_exception_is_not_cached() -> None:
+    attempts = []
+
+    def flaky(key: str) -> int:
+        attempts.append(key)
+        if len(attempts) == 1:
+            raise RuntimeError("first time")
+        return 7
+
+    cache = SizedCache(flaky, 1, None)
+    with pytest.raises(RuntimeError):
+        cache("k")
+    assert cache("k") == 7 and len(attempts) == 2
+
+
+def test_every_page_cache_has_a_budget() -> None:
+    assert set(SIZED_CACHES) <= set(CACHE_BUDGETS_MB)
+    assert {"images", "explanations", "predictions"} <= set(SIZED_CACHES)
+    app_cache.clear_caches()
+    assert all(entries == 0 for entries, _ in app_cache.cache_usage().values())
