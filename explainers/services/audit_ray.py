@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import pickle
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,7 +89,13 @@ def run_on_ray(
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the audit prints its own
         context.print_on_execution_start = False
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        resources = ray.cluster_resources()
+        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        # An actor that can never be placed would wait for ever: no more actors than slots.
+        slots = int(resources.get("GPU", 0) if gpus else resources.get("CPU", 1))
+        if workers > slots >= 1:
+            print(f"ray: {workers} workers asked, {slots} fit the cluster: using {slots}", file=sys.stderr)
+            workers = slots
         items = [{"items": json.dumps([dataclasses.asdict(item) for item in batch])} for batch in batches]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         results = dataset.map_batches(
