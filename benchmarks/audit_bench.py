@@ -2,7 +2,7 @@
 
     python -m benchmarks.audit_bench [--count 500] [--steps 16] [--methods gradcam,gradcam++]
                                      [--batch-size 8] [--workers 2] [--only per-image,batched,ray]
-                                     [--memory-count 1000] [--json FILE]
+                                     [--rounds 2] [--memory-count 1000] [--keep DIR] [--json FILE]
 
 Generates ``--count`` images (augmented copies of assets/samples: random crops, flips, colour
 jitter; seeded) into a temporary folder, then runs, one after the other in this one run, each
@@ -41,17 +41,22 @@ from PIL import Image, ImageEnhance, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "samples"
-BASELINE_REF = "9de7ddf"  # the last commit whose audit explained one image at a time
+BASELINE_REF = "9de7ddf"
+BOX = "56,56,168,168"  # the central quarter of a 224 x 224 input: each image's box  # the last commit whose audit explained one image at a time
 
 
 def generate(folder: Path, count: int, seed: int = 0) -> None:
     """``count`` JPEGs: a random crop (50-100 % of each side), a mirror half the time, and
-    brightness, contrast and saturation each scaled by 0.7-1.3, of a random bundled sample."""
+    brightness, contrast and saturation each scaled by 0.7-1.3, of a random bundled sample; and
+    next to the folder groups.csv: each image's source sample as its group, and a central box."""
     rng = random.Random(seed)
-    samples = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
+    paths = sorted(SAMPLES.glob("*.jpg"))
+    samples = [Image.open(p).convert("RGB") for p in paths]
+    sources = [p.stem for p in paths]
+    rows = ["image,source,x0,y0,x1,y1"]
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        image = rng.choice(samples)
+        original = image = rng.choice(samples)
         width, height = image.size
         w, h = int(width * rng.uniform(0.5, 1)), int(height * rng.uniform(0.5, 1))
         x, y = rng.randint(0, width - w), rng.randint(0, height - h)
@@ -61,6 +66,8 @@ def generate(folder: Path, count: int, seed: int = 0) -> None:
         for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
             image = enhance(image).enhance(rng.uniform(0.7, 1.3))
         image.save(folder / f"aug{i:05d}.jpg", quality=90)
+        rows.append(f"aug{i:05d}.jpg,{sources[samples.index(original)]},{BOX}")
+    (folder.parent / "groups.csv").write_text("\n".join(rows) + "\n")
 
 
 def baseline_checkout(ref: str, into: Path) -> Path:
@@ -172,6 +179,8 @@ def main() -> None:
         "--memory-count", type=int, default=0, help="also a batched audit of this many images"
     )
     parser.add_argument("--memory-steps", type=int, help="--steps of the memory run (default: --steps)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each engine, in alternating order")
+    parser.add_argument("--keep", help="copy the first batched run folder (report, CSVs) here")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     engines = [e.strip() for e in args.only.split(",") if e.strip()]
@@ -180,25 +189,43 @@ def main() -> None:
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    print(f"device: {device}; {args.model}, methods {args.methods}, steps {args.steps}, {args.count} images")
+    print(
+        f"device: {device}; {args.model}, methods {args.methods}, steps {args.steps}, {args.count} images, "
+        f"{args.rounds} round(s); OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', '(unset)')}"
+    )
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as temporary:
         work = Path(temporary)
         generate(work / "images", args.count)
-        if "per-image" in engines:
-            baseline = baseline_checkout(args.baseline_ref, work / "baseline")
-            command = audit_command(work / "images", work / "out-per-image", args)
-            results["per-image"] = run_audit(command, baseline, {**env, "PYTHONPATH": str(baseline)})
-        if "batched" in engines:
-            command = audit_command(
-                work / "images", work / "out-batched", args, "--batch-size", str(args.batch_size)
-            )
-            results["batched"] = run_audit(command, ROOT, env)
-        if "ray" in engines:
-            extra = ["--batch-size", str(args.batch_size), "--engine", "ray", "--workers", str(args.workers)]
-            results["ray"] = run_audit(
-                audit_command(work / "images", work / "out-ray", args, *extra), ROOT, env
-            )
+        baseline = baseline_checkout(args.baseline_ref, work / "baseline") if "per-image" in engines else None
+        groups = ["--groups", str(work / "groups.csv"), "--group-by", "source"]
+        batched = ["--batch-size", str(args.batch_size), *groups]
+        commands = {
+            # The audit before batching had no --groups: the same box for every image instead.
+            "per-image": (["--box", BOX], baseline, {**env, "PYTHONPATH": str(baseline)}),
+            "batched": (batched, ROOT, env),
+            "ray": ([*batched, "--engine", "ray", "--workers", str(args.workers)], ROOT, env),
+        }
+        runs: dict[str, list[dict]] = {name: [] for name in engines}
+        for round_ in range(args.rounds):  # ABC, CBA, ...: a drifting load biases no engine
+            for name in engines if round_ % 2 == 0 else engines[::-1]:
+                extra, cwd, environment = commands[name]
+                out = work / f"out-{name}-{round_}"
+                runs[name].append(
+                    run_audit(audit_command(work / "images", out, args, *extra), cwd, environment)
+                )
+                if args.keep and name == "batched" and round_ == 0:
+                    shutil.copytree(out / "images", Path(args.keep), dirs_exist_ok=True)
+                shutil.rmtree(out)
+        for name, done in runs.items():
+            images, seconds = sum(r["images"] for r in done), sum(r["audit_s"] for r in done)
+            results[name] = {
+                "images": images,
+                "images_per_s": images / seconds,
+                "audit_s": seconds,
+                "wall_s": sum(r["wall_s"] for r in done),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in done),
+            }
         base = results.get("per-image", {}).get("images_per_s")
         print(
             f"\n| {'audit':<10} | {'images/s':>9} | {'x per-image':>11} | {'audit s':>8} | {'wall s':>7} | {'peak RSS MB':>11} |"
