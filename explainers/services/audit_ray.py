@@ -89,6 +89,9 @@ def run_on_ray(
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the audit prints its own
         context.print_on_execution_start = False
+        # Start when every actor holds its model, so the first batches are spread over the pool
+        # (and a pool the cluster cannot host fails with Ray's timeout rather than waiting).
+        context.wait_for_min_actors_s = 600
         resources = ray.cluster_resources()
         gpus = 1 if resources.get("GPU", 0) >= 1 else 0
         # An actor that can never be placed would wait for ever: no more actors than slots.
