@@ -143,3 +143,21 @@ def test_shards_are_whole_and_a_row_written_twice_counts_once(tmp_path):
     store.finish(2)
     assert store.open({"steps": 3}, {}, fresh=False) == "replaced"  # a finished run: replaced
     assert store.done() == {} and not (tmp_path / "run" / "overlays" / "0000_a.png").exists()
+
+
+def test_an_image_left_without_a_row_is_an_error_and_the_next_run_audits_it(tmp_path, capsys, monkeypatch):
+    folder = photos(tmp_path / "photos", 3)
+    argv = [str(folder), *FAST, "--batch-size", "3", "--out", str(tmp_path / "out")]
+    real = audit.audit_batch
+    monkeypatch.setattr(audit, "audit_batch", lambda zoo, settings, items: real(zoo, settings, items)[:-1])
+    assert audit.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "error: 1 images have no row in" in err and "(img02.jpg...): run the same command again" in err
+    monkeypatch.setattr(audit, "audit_batch", real)
+    assert audit.main(argv) == 0
+    assert "2 of 3 images already done" in capsys.readouterr().err
+    assert [r["image"] for r in read_csv(tmp_path / "out" / "photos" / "audit.csv")] == [
+        "img00.jpg",
+        "img01.jpg",
+        "img02.jpg",
+    ]

@@ -276,6 +276,10 @@ def _num(value: float) -> str:
     return "" if value != value else f"{value:.4f}"  # NaN -> empty cell
 
 
+class IncompleteAudit(RuntimeError):
+    """Images of the folder still have no row once the engine has finished (exit status 1)."""
+
+
 def _file_identity(path: str | None) -> dict | None:
     """A file argument as the manifest records it: where it is, and its size and time (changed -> other)."""
     if path is None:
@@ -455,6 +459,12 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[GroupSummary]]:
     )
 
     final = store.done()
+    missing = [item.name for item in items if item.name not in final]
+    if missing:  # not expected: every batch is written before the loop ends
+        raise IncompleteAudit(
+            f"{len(missing)} images have no row in {store.shards} ({', '.join(missing[:3])}...): "
+            "run the same command again to audit them."
+        )
     rows = [final[item.name] for item in items]
     for row, item in zip(rows, items):  # the row's place in this listing of the folder
         row.index = item.index
@@ -484,6 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExplainerInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except IncompleteAudit as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     overall = summaries[0]
     if overall.audited:
         for method, values in overall.methods.items():

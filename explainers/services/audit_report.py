@@ -37,7 +37,7 @@ table.sortable th{cursor:pointer;user-select:none} th[aria-sort=ascending]::afte
 th[aria-sort=descending]::after{content:" ▼"}
 td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .thumb{display:block;width:112px;height:112px;object-fit:cover;border-radius:4px}
-.name{font-weight:600;overflow-wrap:anywhere} td.name{min-width:9ch}
+.name{font-weight:600;overflow-wrap:anywhere} #groups td:nth-child(-n+2){white-space:nowrap}
 .scroll{overflow-x:auto} .small{font-size:13px;color:var(--muted)}
 .err td{color:var(--accent)} .legend{color:var(--muted);font-size:13px;max-width:100ch}
 .plot{background:#fff;border:1px solid var(--line);border-radius:8px;margin:12px 0;padding:4px}
@@ -97,8 +97,8 @@ def _percent(value: float, digits: int = 0) -> str:
     return f"{100 * value:.{digits}f}%"
 
 
-def _figure(fig) -> str:
-    fig.update_layout(margin={"l": 60, "r": 20, "t": 50, "b": 50}, template="plotly_white")
+def _figure(fig, top: int = 50) -> str:
+    fig.update_layout(margin={"l": 60, "r": 20, "t": top, "b": 50}, template="plotly_white")
     body = fig.to_html(
         full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True}
     )
@@ -146,7 +146,11 @@ def box_share_plot(rows: Sequence[Row], methods: Sequence[str], grouped: bool) -
         title="Share of map energy inside each image's box, per group",
         boxmode="group",
         yaxis={"title": "share of the map inside the box", "tickformat": ".0%", "range": [0, 1]},
-        xaxis={"title": "group" if grouped else "", "type": "category"},
+        xaxis={
+            "title": "group" if grouped else "",
+            "type": "category",
+            "categoryorder": "category ascending",
+        },
         height=460,
     )
     return _figure(fig)
@@ -221,8 +225,8 @@ def faithfulness_plot(summaries: Sequence[GroupSummary], methods: Sequence[str])
     fig.update_yaxes(range=[0, 1])
     fig.update_yaxes(tickformat=".0%", row=1, col=1)
     fig.update_xaxes(type="category")
-    fig.update_layout(title="Faithfulness per group", barmode="group", height=380)
-    return _figure(fig)
+    fig.update_layout(title="Faithfulness per group", barmode="group", height=400)
+    return _figure(fig, top=90)  # room for the title above the subplot titles
 
 
 def group_table(summaries: Sequence[GroupSummary], methods: Sequence[str]) -> str:
@@ -283,7 +287,8 @@ def look_at(rows: Sequence[Row], methods: Sequence[str], grouped: bool) -> str:
         if not scored:
             continue
         ranked = sorted(scored, key=lambda r: (r.scores[m]["energy_in_box"], r.image))
-        lowest, highest = ranked[:LOOK_AT], ranked[::-1][:LOOK_AT]
+        count = min(LOOK_AT, max(1, len(ranked) // 2))  # few images: the two lists do not overlap
+        lowest, highest = ranked[:count], ranked[::-1][:count]
         for title, chosen in (("highest", highest), ("lowest", lowest)):
             cards = []
             for r in chosen:
