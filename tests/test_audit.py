@@ -45,7 +45,8 @@ def test_audit_folder_with_box(folder, tmp_path, capsys):
     assert "2 of 3 images explained" in captured.out and str(out / "audit.csv") in captured.out
     rows = {row["image"]: row for row in read_csv(out / "audit.csv")}
     assert list(rows) == ["broken.png", "cat one.jpg", "coffee.jpg"]
-    assert rows["broken.png"]["status"].startswith("unreadable") and rows["broken.png"]["prediction"] == ""
+    broken = rows["broken.png"]
+    assert broken["status"] == "unreadable" and "truncated" in broken["reason"] and broken["prediction"] == ""
     cat = rows["cat one.jpg"]
     assert cat["status"] == "ok" and cat["prediction"] == "tiger cat" and cat["target"] == "tiger cat"
     for method in ("gradcam", "gradcam++"):
@@ -94,7 +95,14 @@ def test_audit_custom_model_with_a_target(folder, tmp_path, capsys):
         (["--arch", "resnet18"], "needs --weights and --labels"),
         (["--target", "unicorn"], "no class named 'unicorn'"),
         (["--layer", "_bn2"], "no layer named '_bn2'"),
-        (["--steps", "-1"], "--steps -1: give 0 (skip deletion/insertion) or more"),
+        (["--steps", "-1"], "--steps -1: give 0 or more"),
+        (["--batch-size", "0"], "--batch-size 0: give 1 or more"),
+        (["--workers", "0"], "--workers 0: give 1 or more Ray actors"),
+        (
+            ["--group-by", "label"],
+            "--group-by names a column of the groups file: give the file with --groups",
+        ),
+        (["--groups", "nowhere.csv"], "--groups nowhere.csv: no such file"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(folder, tmp_path, capsys, extra, message):
@@ -140,7 +148,7 @@ def test_units_stated_non_images_listed_and_audits_kept_apart(folder, tmp_path, 
     assert "README.md, more/, notes.txt" in (out / "images" / "index.html").read_text()
     # One unit throughout: each number column names it, and the values are fractions (or 0/1 flags).
     rows = read_csv(out / "images" / "audit.csv")
-    numeric = [c for c in rows[0] if c not in ("image", "status", "prediction", "target")]
+    numeric = [c for c in rows[0] if c not in ("image", "status", "reason", "prediction", "target")]
     assert numeric and all(c.endswith(("_fraction", "_flag")) for c in numeric)
     assert all(0 <= float(row[c]) <= 1 for row in rows for c in numeric)
     # The drops as fractions average to the folder's Average Drop, which the terminal prints in %.
@@ -175,5 +183,6 @@ def test_html_is_styled_inline_and_full_width(folder, tmp_path):
     assert main([str(folder), "--methods", "gradcam", "--steps", "0", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "images" / "index.html").read_text()
     assert "<style>" in page and "table{width:100%" in page and 'name="viewport"' in page
-    # Offline: no stylesheet, font or script from elsewhere.
-    assert "http://" not in page and "https://" not in page and "<script" not in page and "<link" not in page
+    # Offline: no stylesheet, font or script from elsewhere (plotly's JavaScript is inline).
+    assert "<link" not in page and "@import" not in page
+    assert not re.search(r"<(script|img|iframe)[^>]*\ssrc=[\"']?(https?:)?//", page)
