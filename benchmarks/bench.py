@@ -24,7 +24,7 @@ from explainers import explain
 from models_zoo import load_model
 
 # Further benchmark families: modules defining run(device, repeats) -> list of row dicts.
-CASE_MODULES = ["benchmarks.cases_guided", "benchmarks.cases_score"]
+CASE_MODULES = ["benchmarks.cases_guided", "benchmarks.cases_score", "benchmarks.cases_batch"]
 
 
 def package_five(model: torch.nn.Module, layer: str) -> Callable[[torch.Tensor, int], None]:
