@@ -263,7 +263,7 @@ async def measure(args: argparse.Namespace, url: str, probe: ServerProbe, photos
                     print(format_row(phase.row()), flush=True)
             if args.soak:
                 report["soak"] = await soak(
-                    browser, url, photos[used : used + args.soak], probe, args.timeout
+                    browser, url, photos[used : used + args.soak], probe, args.timeout, args.soak_per_session
                 )
                 for point in report["soak"][:: max(1, len(report["soak"]) // 10)] + report["soak"][-1:]:
                     print(
