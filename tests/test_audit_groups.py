@@ -34,6 +34,8 @@ def test_groups_and_boxes_are_read(tmp_path):
     assert entries["a.jpg"].group == "nurse" and entries["a.jpg"].box == (10, 20, 110, 120)
     assert entries["b.jpg"].box is None and entries["b.jpg"].line == 4  # the blank line is counted
     assert entries["c.png"].box == (0, 0, 224, 224)  # rounded to whole pixels
+    quoted = groups(tmp_path, 'image,group,,\na.jpg,"Smith, J",,\nb.jpg,"5"" screen",,\n')  # Excel's quoting
+    assert quoted["a.jpg"].group == "Smith, J" and quoted["b.jpg"].group == '5" screen'
     by_site = groups(tmp_path, "file;site\na.jpg;north\nd.png;south\n", group_by="site", image_column="file")
     assert {name: e.group for name, e in by_site.items()} == {"a.jpg": "north", "d.png": "south"}
     assert by_site["a.jpg"].box is None
@@ -72,6 +74,16 @@ def test_groups_and_boxes_are_read(tmp_path):
             "line 4: image 'a.jpg' is listed twice (also on line 2)",
         ),
         ("image,group\n,x\n", "group", "line 2: the 'image' cell is empty"),
+        # An unclosed quote must not swallow the rest of the file into one group name.
+        (
+            'image,group\na.jpg,x\nb.jpg,"y\nc.png,z\nd.png,w\n',
+            "group",
+            "line 3: a quoted cell is never closed",
+        ),
+        ('image,group\na.jpg,"x\nb.jpg,y"\nc.png,z\n', "group", "line 2: the 'group' cell spans lines"),
+        ("image,group,x0,y0,x1,y1\na.jpg,x,1,2,30,40,99\n", "group", "line 2 has 7 cells"),
+        ("image,group,x0,y0,x1,y1\na.jpg,x,1,2\n", "group", "line 2 has 4 cells but the header has 6"),
+        ("image,group,group\na.jpg,x,y\n", "group", "names the column 'group' twice"),
     ],
 )
 def test_bad_groups_file_one_line(tmp_path, text, group_by, message):

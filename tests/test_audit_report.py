@@ -242,3 +242,32 @@ def test_report_pages_sorts_and_filters_in_chromium(tmp_path, browser, artifacts
         assert visible.count() == 0 and page.locator("#pageinfo").inner_text() == "no image matches"
     finally:
         page.close()
+
+
+def test_blank_maps_are_not_drawn_as_scores_nor_called_a_missing_box(tmp_path):
+    """Every map blank (cannot judge): the box was given, so the page must not ask for one, and
+    the faithfulness plot must not draw empty bars over a 0% axis as if measured; a group with
+    no readable image is left out of that plot, as it is of the prediction plot."""
+    rows = make_rows(tmp_path, 6)
+    for row in rows:
+        for scores in row.scores.values():
+            scores.update({s: math.nan for s in SCORES})  # what a blank map gets
+    rows[3].group = "unlisted"  # the unreadable image, alone in its group
+    summaries = summarise_groups(rows, METHODS, True)
+    write_report(tmp_path / "index.html", rows, METHODS, summaries, "test", True)
+    text = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "give --box" not in text
+    assert "every map is blank" in text
+    assert '"text":"Faithfulness per group"' not in text  # no plot of nothing
+    assert "Faithfulness per group: not scored" in text
+
+    rows = make_rows(tmp_path, 6)
+    rows[3].group = "unlisted"
+    summaries = summarise_groups(rows, METHODS, True)
+    write_report(tmp_path / "index.html", rows, METHODS, summaries, "test", True)
+    text = (tmp_path / "index.html").read_text(encoding="utf-8")
+    figure = next(
+        part for part in text.split('<div class="plot">') if '"text":"Faithfulness per group"' in part
+    )
+    figure = figure.split("<h2")[0]  # up to the next section
+    assert '"unlisted"' not in figure and '"doctor"' in figure

@@ -10,6 +10,7 @@ uniform map would score), Average Drop, Increase in Confidence and deletion/inse
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from collections import Counter
@@ -52,8 +53,9 @@ def read_groups(
 
     Raises:
         ExplainerInputError: one line naming the file, the line and what to fix: an unreadable
-            file, a missing column, a box that is not four numbers or is empty, an image that is
-            not in the folder or listed twice.
+            file, a missing or repeated column, a line with more or fewer cells than the header,
+            an unclosed quote, a box that is not four numbers or is empty, an image that is not in
+            the folder or listed twice.
     """
     where = str(path)
     try:
@@ -68,8 +70,12 @@ def read_groups(
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
-    columns = [c.strip() for c in reader.fieldnames or []]
+    # strict: an unclosed quote is an error, not a cell that swallows the rest of the file
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect, strict=True)
+    try:
+        columns = [c.strip() for c in reader.fieldnames or []]
+    except csv.Error as error:
+        raise _csv_error(where, 1, error) from error
     if not columns:
         raise ExplainerInputError(f"--groups {where} is empty: it needs a header row, e.g. image,{group_by}.")
     reader.fieldnames = columns
@@ -86,6 +92,12 @@ def read_groups(
             f"--groups {where} has no column {group_by!r} to group by (its columns: {listed});{hint} "
             "choose one with --group-by."
         )
+    repeated = sorted({c for c in columns if c and columns.count(c) > 1})  # "": empty trailing columns
+    if repeated:
+        raise ExplainerInputError(
+            f"--groups {where} names the column {', '.join(map(repr, repeated))} twice (its columns: {listed}); "
+            "give each column once."
+        )
     present = [c for c in BOX_COLUMNS if c in columns]
     if present and len(present) < 4:
         missing = [c for c in BOX_COLUMNS if c not in columns]
@@ -95,12 +107,33 @@ def read_groups(
         )
     known = set(images)
     entries: dict[str, GroupEntry] = {}
-    for record in reader:
+    records = iter(reader)
+    while True:
+        start = reader.line_num + 1  # where the next record begins
+        try:
+            record = next(records)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            raise _csv_error(where, start, error) from error
         line = reader.line_num  # the file's line (blank lines are counted, and skipped)
         if all(not (v or "").strip() for v in record.values() if isinstance(v, str)):
             continue  # a blank line
-        name = Path((record.get(image_column) or "").strip()).name
         at = f"--groups {where} line {line}"
+        if None in record or any(v is None for k, v in record.items() if k is not None):
+            given = [v for k, v in record.items() if k is not None and v is not None]
+            cells = len(given) + len(record.get(None) or [])
+            raise ExplainerInputError(
+                f"{at} has {cells} cells but the header has {len(columns)} columns; put a cell that "
+                'holds the separator in quotes ("Smith, J"), and leave missing values empty.'
+            )
+        for column in (image_column, group_by):
+            if "\n" in record[column] or "\r" in record[column]:
+                raise ExplainerInputError(
+                    f"--groups {where} line {start}: the {column!r} cell spans lines {start} to {line} "
+                    "(a quote that closes too late?); one line per image."
+                )
+        name = Path((record.get(image_column) or "").strip()).name
         if not name:
             raise ExplainerInputError(
                 f"{at}: the {image_column!r} cell is empty; give the image's file name."
@@ -117,6 +150,16 @@ def read_groups(
         box = _box(record, at) if present else None
         entries[name] = GroupEntry((record.get(group_by) or "").strip(), box, line)
     return entries
+
+
+def _csv_error(where: str, line: int, error: csv.Error) -> ExplainerInputError:
+    """A parse error of the groups CSV as one line naming where the faulty record begins."""
+    if "unexpected end of data" in str(error):
+        return ExplainerInputError(
+            f'--groups {where} line {line}: a quoted cell is never closed (a " with no closing "); '
+            "close it, or remove the stray quote."
+        )
+    return ExplainerInputError(f"--groups {where} line {line}: not valid CSV ({error}); fix that line.")
 
 
 def _box(record: dict, at: str) -> Box | None:

@@ -206,10 +206,19 @@ def faithfulness_plot(summaries: Sequence[GroupSummary], methods: Sequence[str])
         "insertion AUC (higher is better)",
     )
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles)
-    shown = summaries if len(summaries) == 1 else summaries[1:]
+    shown = [g for g in (summaries if len(summaries) == 1 else summaries[1:]) if g.audited]
+    scores = ("average_drop", "deletion_auc", "insertion_auc")
+    if not any(
+        getattr(g.methods[m], s) == getattr(g.methods[m], s) for g in shown for m in methods for s in scores
+    ):
+        # No bar to draw: empty axes over 0% would read as a perfect score.
+        return (
+            '<p class="legend">Faithfulness per group: not scored, every map is blank or guided '
+            "(cannot judge).</p>"
+        )
     colours = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
     for i, m in enumerate(methods):
-        for col, score in enumerate(("average_drop", "deletion_auc", "insertion_auc"), start=1):
+        for col, score in enumerate(scores, start=1):
             fig.add_trace(
                 go.Bar(
                     x=[g.name for g in shown],
@@ -398,6 +407,8 @@ def write_report(
         no_box = (
             ""
             if shares
+            else '<p class="legend">No box share: every map is blank (cannot judge).</p>'
+            if boxed
             else '<p class="legend">No box share: give --box, or box columns x0,y0,x1,y1 in the --groups file.</p>'
         )
         sections.append(
