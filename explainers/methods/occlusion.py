@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 import torchvision.transforms.functional as TF
 
-from explainers.errors import Cancelled, ExplainerInputError
+from explainers.errors import ExplainerInputError
 from explainers.methods.core import Evidence, Method, normalise, register
-from explainers.methods.score import Progress, default_batch_size
+from explainers.methods.score import Progress, default_batch_size, report_progress
 
 # Baselines a window is filled with. "zero" is the model input's zero: under ImageNet
 # normalisation, the training set's mean colour (Captum's default baseline); "blur" is the input
@@ -178,7 +178,7 @@ def _occlude(evidence: Evidence) -> OcclusionRun:
     scores = torch.empty(total, targets.numel(), device=x.device)
     spots = [(r, c) for r in rows for c in cols]
     done = 0
-    _report(options.progress, 0, total)
+    report_progress(options.progress, 0, total, method="Occlusion")
     with torch.inference_mode():
         while done < total:
             batch = spots[done : done + batch_size]
@@ -189,7 +189,7 @@ def _occlude(evidence: Evidence) -> OcclusionRun:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             scores[done : done + len(batch)] = _score(model(inputs).float(), targets, options.score)
             done += len(batch)
-            _report(options.progress, done, total, x.device)
+            report_progress(options.progress, done, total, x.device, method="Occlusion")
     scores = scores.clone()  # a normal tensor, usable outside inference mode
     sign = -1.0 if evidence.counterfactual else 1.0
     drops = sign * (base[None] - scores)  # (n, k)
@@ -223,15 +223,6 @@ def _score(logits: torch.Tensor, targets: torch.Tensor, score: str) -> torch.Ten
     """(b, num_classes) logits -> (b, k) the score of each target."""
     values = logits.softmax(-1) if score == "probability" else logits
     return values[:, targets]
-
-
-def _report(progress: Progress | None, done: int, total: int, device: torch.device | None = None) -> None:
-    if progress is None:
-        return
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)  # report finished work, not work merely queued
-    if progress(done, total) is False:
-        raise Cancelled(f"Occlusion was stopped after {done} of {total} forward passes.")
 
 
 @register

@@ -165,7 +165,7 @@ def _masked_scores(
     table = torch.full((activations.shape[0], targets.numel(), 2), math.nan, device=x.device)
     batch_size = options.batch_size or default_batch_size(x)
     total, done = plan.passes(options.scoring), 0
-    _report(options.progress, done, total)
+    report_progress(options.progress, done, total)
 
     def score(inputs: torch.Tensor) -> torch.Tensor:  # (b, 3, H, W) -> (b, k, 2)
         if inputs.device.type == "cpu":  # oneDNN's convolutions: about 20% faster, same result
@@ -195,22 +195,30 @@ def _masked_scores(
                 batch_size //= 2  # the memory estimate was too optimistic: retry with half
                 continue
             done += batch.numel()
-            _report(options.progress, done, total, x.device)
+            report_progress(options.progress, done, total, x.device)
         if done < total:  # the constant channels: one pass on the blank input they all give
             constant = torch.ones(activations.shape[0], dtype=torch.bool, device=x.device)
             constant[plan.varying] = False
             table[constant] = score(torch.zeros_like(x))
-            _report(options.progress, total, total)
+            report_progress(options.progress, total, total)
     return table.clone(), batch_size  # a normal tensor, usable outside inference mode
 
 
-def _report(progress: Progress | None, done: int, total: int, device: torch.device | None = None) -> None:
+def report_progress(
+    progress: Progress | None,
+    done: int,
+    total: int,
+    device: torch.device | None = None,
+    method: str = "Score-CAM",
+) -> None:
+    """Tell ``progress`` how many of ``total`` forward passes are done; raise `Cancelled` naming
+    ``method`` when it returns False (Score-CAM's and occlusion's passes report the same way)."""
     if progress is None:
         return
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)  # report finished work, not work merely queued
     if progress(done, total) is False:
-        raise Cancelled(f"Score-CAM was stopped after {done} of {total} forward passes.")
+        raise Cancelled(f"{method} was stopped after {done} of {total} forward passes.")
 
 
 @register
