@@ -16,7 +16,7 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY .streamlit/ .streamlit/
-COPY pyproject.toml app.py app_cache.py app_box.py app_teach.py ./
+COPY pyproject.toml app.py app_cache.py app_box.py app_requests.py app_teach.py ./
 COPY app_pages/ app_pages/
 COPY explainers/ explainers/
 COPY models_zoo/ models_zoo/

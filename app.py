@@ -14,7 +14,7 @@ import os
 # policy cost 1.3 CPU-seconds per explanation, this one 0.4. Set before PyTorch loads (below).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from dataclasses import astuple, dataclass
+from dataclasses import astuple
 from functools import partial
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from streamlit.delta_generator import DeltaGenerator
 # small machine, with a blank page unless this says so. Later runs find them imported, and a
 # spinner only appears after half a second, so they never see it.
 with st.spinner("Starting CAM Explorer: loading PyTorch and the explainers (first visit only)…"):
-    import app_cache  # noqa: F401  (everything heavy comes in through it)
+    import app_cache  # everything heavy comes in through it
 
 import app_teach
 from app_cache import (
@@ -48,6 +48,7 @@ from app_cache import (
     occlusion_results,
     scorecam_results,
 )
+from app_requests import CustomUpload, Display, ExplainRequest, ImageChoice, ModelRequest
 from explainers import ExplainerInputError
 from explainers.errors import Cancelled
 from explainers.methods.occlusion import BASELINES
@@ -94,56 +95,6 @@ SCORECAM_REQUEST, SCORECAM_STOPPED = "scorecam_request", "scorecam_stopped"
 # that context in their key: a new context gets a fresh widget on its defaults (the recommended
 # layer, the predicted class), and an earlier one comes back as it was left. One key with
 # changing options would keep a stale selection the new options do not contain.
-
-
-@dataclass(frozen=True)
-class ImageChoice:
-    """The image to explain: its name, its file's bytes and their hash (the cache key)."""
-
-    name: str
-    data: bytes
-    digest: str
-
-
-@dataclass(frozen=True)
-class CustomUpload:
-    """A user's fine-tuned classifier: an architecture, weights and class-name files, and the
-    changes to the architecture's preprocessing as (key, value) pairs."""
-
-    architecture: str
-    weights: bytes
-    labels: bytes
-    preprocessing: tuple[tuple[str, object], ...] = ()
-    weights_digest: str = ""
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    """The sidebar's model choice: a zoo name, or `CUSTOM` with its uploads (None until both are in)."""
-
-    name: str
-    random_weights: bool
-    custom: CustomUpload | None = None
-
-
-@dataclass(frozen=True)
-class ExplainRequest:
-    """What every computation on this page is keyed by; `model` is the cache name of the model."""
-
-    digest: str
-    model: str
-    random_weights: bool
-    layer: str
-    target: int
-    counterfactual: bool
-
-
-@dataclass(frozen=True)
-class Display:
-    """How maps are drawn; changing it re-renders without recomputing."""
-
-    colormap: str
-    opacity: float
 
 
 # ----------------------------------------------------------------------------- sidebar
@@ -968,6 +919,8 @@ def explore() -> None:
         fresh |= occluded is not None and OCCLUSION not in stored
     if fresh:  # draw the step view, the link and the download with the new map
         st.rerun()
+    if result is not None:
+        app_cache.settle_heap_once()
 
 
 def stored_slow(
