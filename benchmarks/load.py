@@ -108,10 +108,12 @@ class Phase:
     errors: list[str] = field(default_factory=list)
     server_cpu_seconds: float | None = None
     rss_mb: float | None = None
+    requests: int | None = None  # sessions still working when the phase began (a failed one stops)
 
     def row(self) -> dict[str, object]:
         done = sorted(self.latencies)
-        cpu = None if self.server_cpu_seconds is None else self.server_cpu_seconds / self.sessions
+        requests = self.sessions if self.requests is None else self.requests
+        cpu = None if self.server_cpu_seconds is None or not requests else self.server_cpu_seconds / requests
         return {
             "sessions": self.sessions,
             "phase": self.name,
@@ -119,6 +121,7 @@ class Phase:
             "p95_s": done[min(len(done) - 1, round(0.95 * (len(done) - 1)))] if done else None,
             "max_s": done[-1] if done else None,
             "errors": len(self.errors),
+            "requests": self.requests,
             "cpu_s_per_request": cpu,
             "rss_mb": self.rss_mb,
         }
@@ -144,7 +147,7 @@ async def page_problem(page) -> str | None:
 async def upload(page, photo: Path, timeout_s: float) -> float:
     """Upload ``photo`` and return the seconds until its maps are shown."""
     start = time.perf_counter()
-    await page.locator('input[type="file"]').set_input_files(str(photo))
+    await page.locator('input[type="file"]').set_input_files(str(photo), timeout=timeout_s * 1000)
     await wait_for_maps(page, photo.name, timeout_s)
     return time.perf_counter() - start
 
@@ -198,6 +201,7 @@ async def run_round(
     ]
     try:
         for phase, action in zip(phases, actions):
+            phase.requests = sum(alive)
             cpu_before = probe.cpu_seconds()
             await asyncio.gather(*(step(i, phase, lambda i=i: action(i)) for i in range(n)))
             cpu_after = probe.cpu_seconds()
