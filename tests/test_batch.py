@@ -3,6 +3,7 @@ its own `explain` / `faithfulness` call."""
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 
@@ -15,7 +16,12 @@ from torch import nn
 from explainers import METHODS, LayerError, MethodError, TargetError, explain, explain_batch
 from explainers.errors import Cancelled, ExplainerInputError
 from explainers.methods.core import Method, cam_from_sum, register
-from explainers.methods.metrics import CPU_SCORE_BATCH_SIZES, faithfulness, faithfulness_batch
+from explainers.methods.metrics import (
+    CPU_PARALLEL_SCORE_BATCH_SIZES,
+    CPU_SCORE_BATCH_SIZES,
+    faithfulness,
+    faithfulness_batch,
+)
 from explainers.services.samples import augmented_samples
 
 # Score-CAM scores 8 channels per image (its masked passes run per image in both paths).
@@ -396,3 +402,47 @@ def test_faithfulness_batch_checks_its_arguments_and_can_be_stopped(gap_linear):
             gap_linear, x, maps, [0, 1], steps=4, batch_size=3, progress=lambda done, total: done < 3
         )
     assert faithfulness_batch(gap_linear, x[:0], [], []) == []
+
+
+def test_faithfulness_batch_with_workers_scores_the_same_in_parallel_passes(lite0, images):
+    """Two workers: passes run side by side on one Torch thread each, the sizes on trial are the
+    parallel ones, every score equals the one-pass-at-a-time result, and Torch's threads are back."""
+    x = images[[0, 3, 6, 1]]
+    explanations = explain_batch(lite0.model, x, "final", ["gradcam", "gradcam++"])
+    maps = [dict(e.maps) for e in explanations]
+    targets = [e.target for e in explanations]
+    threads_before = torch.get_num_threads()
+    calls, threads_seen = [], set()
+
+    def note(module, inputs, output):
+        calls.append(inputs[0].shape[0])
+        threads_seen.add((threading.current_thread().name.startswith("score"), torch.get_num_threads()))
+
+    handle = lite0.model.register_forward_hook(note)
+    try:
+        parallel = faithfulness_batch(lite0.model, x, maps, targets, steps=6, workers=2)
+    finally:
+        handle.remove()
+    sequential = faithfulness_batch(lite0.model, x, maps, targets, steps=6, batch_size=5)
+    for ours, theirs in zip(parallel, sequential, strict=True):
+        assert_same_scores(ours, theirs)
+    trials = [*CPU_PARALLEL_SCORE_BATCH_SIZES] * 2
+    # Two at a time, so they may finish in either order: each size on trial ran at least twice.
+    assert not collections.Counter(trials) - collections.Counter(calls)
+    assert threads_seen == {(True, 1)}  # every pass on a pool thread, Torch on one thread
+    assert torch.get_num_threads() == threads_before
+    assert sum(calls) == 4 * (3 + 2 + 2 * 2 * 5 - 1) + 1
+
+
+def test_faithfulness_batch_with_workers_stops_and_restores_the_threads(gap_linear):
+    x = torch.randn(3, 3, 8, 8)
+    maps = [{"m": torch.rand(8, 8)} for _ in range(3)]
+    threads_before = torch.get_num_threads()
+    with pytest.raises(Cancelled):
+        faithfulness_batch(
+            gap_linear, x, maps, [0, 1, 2], steps=4, workers=2, progress=lambda done, total: done < 4
+        )
+    assert torch.get_num_threads() == threads_before
+    assert not [t for t in threading.enumerate() if t.name.startswith("score")]
+    with pytest.raises(ExplainerInputError, match="workers"):
+        faithfulness_batch(gap_linear, x, maps, [0, 1, 2], workers=0)

@@ -150,8 +150,15 @@ def audit_batch(zoo, settings: AuditSettings, items: Sequence[Item]) -> list[tup
     x = torch.cat(tensors)  # (N, C, H, W)
     targets = [settings.target] * len(readable)
     explanations = explain_batch(zoo.model, x, settings.layer, methods, targets)
+    # The scoring passes run side by side, one Torch thread each: as many as Torch has threads
+    # here (the cores in-process; one in a Ray actor with one CPU).
     scores = faithfulness_batch(
-        zoo.model, x, [e.maps for e in explanations], [e.target for e in explanations], steps=settings.steps
+        zoo.model,
+        x,
+        [e.maps for e in explanations],
+        [e.target for e in explanations],
+        steps=settings.steps,
+        workers=torch.get_num_threads(),
     )
     height, width = x.shape[-2:]
     for position, crop, result, faith in zip(readable, crops, explanations, scores):
