@@ -49,15 +49,18 @@ CUSTOM_PREFIX = "custom:"  # model names of uploaded models, e.g. "custom:resnet
 FOLDER_PREFIX = "folder:"  # model names of the models folder's models, e.g. "folder:nurse_doctor"
 
 # Memory bounds of the result caches, in MB (their sum is what results can hold, models aside).
+# Sized for a class: 32 students with two or three photos each keep every explanation, so a
+# student who goes back to a photo gets it at once (with the explanations at 96 MB, 16 sessions'
+# second photos pushed out their first ones, and each "cached" rerun cost a fresh one).
 CACHE_BUDGETS_MB = {
-    "images": 48,  # decoded uploads, at most 1024 px on the long side (3 MB each)
+    "images": 96,  # decoded uploads, at most 1024 px on the long side (up to 3 MB each)
     "predictions": 4,
-    "explanations": 96,  # about 3 MB each for the default page at the final map
+    "explanations": 192,  # 2.3 MB each for the default page at the final map: about 80
     "scorecam_plans": 1,
     "top_classes": 24,
     "sweeps": 24,
     "faithfulness": 8,
-    "pictures": 24,  # rendered overlays, PNG
+    "pictures": 24,  # rendered overlays, JPEG for the page and PNG for downloads
     "scorecam": 24,
     "occlusion": 16,
 }
@@ -71,22 +74,27 @@ LANES = make_lanes()
 apply_thread_budget(LANES)
 
 
-def footprint(value: object) -> int:
-    """Roughly how many bytes ``value`` holds: its arrays, tensors, images and byte strings."""
-    if isinstance(value, np.ndarray):
-        return value.nbytes
-    if isinstance(value, torch.Tensor):
-        return value.element_size() * value.nelement()
+def footprint(value: object, _seen: set[int] | None = None) -> int:
+    """Roughly how many bytes ``value`` holds: its arrays, tensors, images and byte strings, each
+    counted once (a guided map is both an explanation's map and its raw map: one array)."""
+    seen = set() if _seen is None else _seen
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        # Arrays that share memory (views, a tensor and its numpy view) count once.
+        address = value.__array_interface__["data"][0] if isinstance(value, np.ndarray) else value.data_ptr()
+        if address in seen:
+            return 0
+        seen.add(address)
+        return value.nbytes if isinstance(value, np.ndarray) else value.element_size() * value.nelement()
     if isinstance(value, (bytes, bytearray, str)):
         return len(value)
     if isinstance(value, Image.Image):
         return value.width * value.height * len(value.getbands())
     if isinstance(value, dict):
-        return 64 + sum(footprint(k) + footprint(v) for k, v in value.items())
+        return 64 + sum(footprint(k, seen) + footprint(v, seen) for k, v in value.items())
     if isinstance(value, (list, tuple, set, frozenset)):
-        return 64 + sum(footprint(item) for item in value)
+        return 64 + sum(footprint(item, seen) for item in value)
     if dataclasses.is_dataclass(value):
-        return 64 + sum(footprint(getattr(value, f.name)) for f in dataclasses.fields(value))
+        return 64 + sum(footprint(getattr(value, f.name), seen) for f in dataclasses.fields(value))
     return 64
 
 
