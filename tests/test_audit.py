@@ -186,3 +186,19 @@ def test_html_is_styled_inline_and_full_width(folder, tmp_path):
     # Offline: no stylesheet, font or script from elsewhere (plotly's JavaScript is inline).
     assert "<link" not in page and "@import" not in page
     assert not re.search(r"<(script|img|iframe)[^>]*\ssrc=[\"']?(https?:)?//", page)
+
+
+def test_an_empty_group_cell_and_an_unlisted_image_are_named_apart(folder, tmp_path, capsys):
+    groups = tmp_path / "groups.csv"
+    groups.write_text("image,label\ncat one.jpg,\nbroken.png,cats\n", encoding="utf-8")
+    out = tmp_path / "out"
+    status = main(
+        [str(folder), "--groups", str(groups), "--group-by", "label", "--steps", "0", "--out", str(out)]
+    )
+    captured = capsys.readouterr()
+    assert status == 0
+    rows = {row["image"]: row for row in read_csv(out / "images" / "audit.csv")}
+    assert rows["cat one.jpg"]["group"] == "(empty group cell)"
+    assert rows["coffee.jpg"]["group"] == "(not in the groups file)"
+    assert rows["broken.png"]["group"] == "cats"
+    assert "1 images are not in" in captured.err and "coffee.jpg" in captured.err

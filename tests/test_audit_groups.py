@@ -84,6 +84,7 @@ def test_groups_and_boxes_are_read(tmp_path):
         ("image,group,x0,y0,x1,y1\na.jpg,x,1,2,30,40,99\n", "group", "line 2 has 7 cells"),
         ("image,group,x0,y0,x1,y1\na.jpg,x,1,2\n", "group", "line 2 has 4 cells but the header has 6"),
         ("image,group,group\na.jpg,x,y\n", "group", "names the column 'group' twice"),
+        ("image,group\n\n", "group", "has a header but lists no image: add one line per image, e.g. a.jpg"),
     ],
 )
 def test_bad_groups_file_one_line(tmp_path, text, group_by, message):
@@ -148,3 +149,16 @@ def test_no_box_means_no_share(tmp_path):
     s = summary.methods["gradcam"]
     assert s.box_shares == [] and math.isnan(s.box_share_mean) and s.cannot_judge == 0
     assert s.average_drop == pytest.approx(0.1)
+
+
+def test_a_blank_map_without_a_box_cannot_be_judged_either():
+    rows = [
+        row("a", "", "x", math.nan, 0.1, box=""),  # scored
+        row("b", "", "x", math.nan, math.nan, box=""),  # a blank map: no faithfulness score
+    ]
+    (summary,) = summarise_groups(rows, ["gradcam"], grouped=False)
+    assert summary.methods["gradcam"].cannot_judge == 1
+    guided = row("c", "", "x", math.nan, math.nan, box="")
+    guided.scores = {"guided_backprop": guided.scores["gradcam"]}  # never scored, blank or not
+    (summary,) = summarise_groups([guided], ["guided_backprop"], grouped=False)
+    assert summary.methods["guided_backprop"].cannot_judge == 0

@@ -47,6 +47,7 @@ from explainers.errors import ExplainerInputError
 from explainers.methods.capture import check_target
 from explainers.methods.metrics import parse_box
 from explainers.services.audit_groups import (
+    NO_GROUP,
     NOT_LISTED,
     GroupSummary,
     check_boxes,
@@ -418,7 +419,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[GroupSummary]]:
         entry = entries.get(path.name) if entries is not None else None
         if entries is not None and entry is None:
             unlisted.append(path.name)
-        group = "" if entries is None else (entry.group if entry is not None and entry.group else NOT_LISTED)
+        group = "" if entries is None else NOT_LISTED if entry is None else (entry.group or NO_GROUP)
         item_box = entry.box if entry is not None and entry.box is not None else box
         items.append(Item(index, path.name, str(path.resolve()), _stamp(path), group, item_box))
     if unlisted:

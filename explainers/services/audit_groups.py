@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from explainers import METHODS
 from explainers.errors import ExplainerInputError, did_you_mean, reason
 from explainers.methods.metrics import Box
 from explainers.services.audit_work import SCORES, Row
@@ -25,6 +26,7 @@ from explainers.services.audit_work import SCORES, Row
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 ALL = "all images"  # the summary over every image, first in each table
 NOT_LISTED = "(not in the groups file)"  # the group of folder images the CSV does not list
+NO_GROUP = "(empty group cell)"  # the group of images listed with an empty group cell
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,11 @@ def read_groups(
             )
         box = _box(record, at) if present else None
         entries[name] = GroupEntry((record.get(group_by) or "").strip(), box, line)
+    if not entries:
+        raise ExplainerInputError(
+            f"--groups {where} has a header but lists no image: add one line per image, e.g. "
+            f"{images[0] if images else 'photo.jpg'},<its {group_by}>."
+        )
     return entries
 
 
@@ -216,7 +223,7 @@ class MethodSummary:
     box_share_mean: float
     box_share_std: float  # sample standard deviation; NaN under two images
     box_area_mean: float  # the boxes' share of the area: a uniform map's box share
-    cannot_judge: int  # images with a box whose map is blank
+    cannot_judge: int  # images whose map is blank: no box share, no faithfulness (see `is_blank_row`)
     average_drop: float  # fraction: mean of max(0, Y - O) / Y
     increase_in_confidence: float  # fraction of images whose score rose
     deletion_auc: float
@@ -237,6 +244,14 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def is_blank_row(row: Row, scores: dict[str, float], method: str) -> bool:
+    """Whether this image's map of ``method`` was blank (the same everywhere): with a box, its box
+    share is NaN; without one, a CAM's Average Drop is (a guided map is never scored, blank or not)."""
+    if row.box:
+        return math.isnan(scores["energy_in_box"])
+    return METHODS[method].kind == "cam" and math.isnan(scores["average_drop"])
+
+
 def summarise_method(rows: Sequence[Row], method: str) -> MethodSummary:
     scores = [row.scores[method] for row in rows]
     with_box = [(row, s) for row, s in zip(rows, scores) if row.box]
@@ -246,7 +261,7 @@ def summarise_method(rows: Sequence[Row], method: str) -> MethodSummary:
         box_share_mean=_mean(shares),
         box_share_std=statistics.stdev(shares) if len(shares) > 1 else math.nan,
         box_area_mean=_mean([row.box_area for row, _ in with_box]),
-        cannot_judge=len(with_box) - len(shares),
+        cannot_judge=sum(is_blank_row(row, s, method) for row, s in zip(rows, scores)),
         **{score: _mean([s[score] for s in scores]) for score in SCORES[1:]},
     )
 

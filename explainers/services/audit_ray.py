@@ -75,8 +75,11 @@ def run_on_ray(
     started = not ray.is_initialized()
     if started:
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        address = os.environ.get("RAY_ADDRESS") or None  # None: a local Ray for this run
         ray.init(
-            address=os.environ.get("RAY_ADDRESS") or None,  # None: a local Ray for this run
+            address=address,
+            # A local Ray counts the machine's cores; this process may be held to fewer (taskset).
+            num_cpus=None if address else len(os.sched_getaffinity(0)),
             runtime_env={"env_vars": {"PYTHONPATH": path}},  # the actors import this project
             include_dashboard=False,
             logging_level="error",
