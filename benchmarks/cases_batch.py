@@ -65,8 +65,13 @@ def run(device: str | torch.device = "cpu", repeats: int = 3, count: int = 16) -
         return explain_batch(model, x, layer, METHODS)
 
     def score_all(results: list) -> list:
-        return faithfulness_batch(
-            model, x, [r.maps for r in results], [r.target for r in results], steps=STEPS
+        return faithfulness_batch(  # one-thread passes side by side, as the audit runs them
+            model,
+            x,
+            [r.maps for r in results],
+            [r.target for r in results],
+            steps=STEPS,
+            workers=torch.get_num_threads(),
         )
 
     # Warm-up, and a check that the two paths agree: the same targets, and given the same maps the

@@ -200,3 +200,12 @@ def test_render_helpers():
     assert sequential(np.ones((3, 3))).shape == (3, 3, 3)
     big = enlarge(sequential(np.arange(6.0).reshape(2, 3)), 90)
     assert big.shape == (60, 90, 3) and (big[:30, :30] == big[0, 0]).all()
+
+
+def test_a_malformed_patch_offset_is_named_as_malformed_not_as_missing():
+    link, problems = parse({"box": "10,20,90,120", "fill": "patch", "offset": "5;x"})
+    assert link.edit.fill == "grey"
+    assert "two whole numbers" in problems["offset"] and "filled grey" in problems["offset"]
+    assert "needs an offset" not in problems["offset"]
+    link, problems = parse({"box": "10,20,90,120", "fill": "patch"})
+    assert link.edit.fill == "grey" and "needs an offset" in problems["offset"]

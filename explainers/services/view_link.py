@@ -161,10 +161,13 @@ def parse_link(
         fill = found.get("fill", "grey")
         offset = found.get("offset", (0, 0))
         if fill == "patch" and "offset" not in found:
-            problem(
-                "offset",
-                "a patch needs an offset (dx,dy: where the patch comes from); the box is filled grey.",
-            )
+            if "offset" in problems:  # given, but not two whole numbers: say so, not that it is missing
+                problems["offset"] = problems["offset"].replace("the default is used.", "the box is filled grey.")
+            else:
+                problem(
+                    "offset",
+                    "a patch needs an offset (dx,dy: where the patch comes from); the box is filled grey.",
+                )
             fill = "grey"
         edit = ImageEdit(found["box"], fill, offset)
     else:
