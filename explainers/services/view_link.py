@@ -162,7 +162,9 @@ def parse_link(
         offset = found.get("offset", (0, 0))
         if fill == "patch" and "offset" not in found:
             if "offset" in problems:  # given, but not two whole numbers: say so, not that it is missing
-                problems["offset"] = problems["offset"].replace("the default is used.", "the box is filled grey.")
+                problems["offset"] = problems["offset"].replace(
+                    "the default is used.", "the box is filled grey."
+                )
             else:
                 problem(
                     "offset",
