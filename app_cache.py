@@ -74,17 +74,18 @@ LANES = make_lanes()
 apply_thread_budget(LANES)
 
 
-def footprint(value: object, _seen: set[int] | None = None) -> int:
+def footprint(value: object, _seen: dict[int, int] | None = None) -> int:
     """Roughly how many bytes ``value`` holds: its arrays, tensors, images and byte strings, each
     counted once (a guided map is both an explanation's map and its raw map: one array)."""
-    seen = set() if _seen is None else _seen
+    seen: dict[int, int] = {} if _seen is None else _seen
     if isinstance(value, (np.ndarray, torch.Tensor)):
-        # Arrays that share memory (views, a tensor and its numpy view) count once.
+        # Arrays that start at the same address (views, a tensor and its numpy view) count once,
+        # as the largest of them: a prefix view met first must not hide its larger base.
         address = value.__array_interface__["data"][0] if isinstance(value, np.ndarray) else value.data_ptr()
-        if address in seen:
-            return 0
-        seen.add(address)
-        return value.nbytes if isinstance(value, np.ndarray) else value.element_size() * value.nelement()
+        size = value.nbytes if isinstance(value, np.ndarray) else value.element_size() * value.nelement()
+        counted = seen.get(address, 0)
+        seen[address] = max(counted, size)
+        return max(0, size - counted)
     if isinstance(value, (bytes, bytearray, str)):
         return len(value)
     if isinstance(value, Image.Image):

@@ -129,3 +129,6 @@ def test_footprint_counts_shared_memory_once() -> None:
     assert footprint({"maps": grads, "raw": grads}) == 64 + len("maps") + len("raw") + grads.nbytes
     assert footprint([tensor, tensor.numpy(), tensor[:10]]) == 64 + 4000
     assert footprint([grads, grads.copy()]) == 64 + 2 * grads.nbytes
+    # A prefix view met before its base does not hide the base's other bytes.
+    assert footprint([tensor[:10], tensor]) == 64 + 4000
+    assert footprint([grads[:1], grads]) == 64 + grads.nbytes

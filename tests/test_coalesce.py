@@ -71,3 +71,36 @@ def test_concurrent_sessions_share_a_pass_and_get_their_own_results(lite0) -> No
     assert max(coalescer.batch_sizes) > 1, "the sessions were not batched"
     for image, result in zip(images, results):
         assert_same(result, run_explanation(lite0, image, layer, METHODS, counterfactual=True))
+
+
+def test_a_batch_leaves_no_cyclic_garbage_holding_its_passes(lite0, chelsea):
+    """The app runs no garbage collection after each script run (`.streamlit/config.toml`): a
+    batch's evidence and views referenced each other, so each explanation left its forward pass's
+    autograd graph (tens of MB) to the collector. Reference counting alone must free it."""
+    import gc
+
+    import torch
+
+    from explainers import explain_batch
+    from explainers.methods.batch import BatchEvidence, ImageEvidence
+
+    def batch_garbage() -> list[str]:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            found = [type(o).__name__ for o in gc.garbage if isinstance(o, (BatchEvidence, ImageEvidence, torch.Tensor))]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        return found
+
+    gc.collect()
+    gc.disable()
+    try:
+        results = run_explanations(lite0, [ImageRequest(chelsea), ImageRequest(chelsea, 281)], "final", ["gradcam", "guided_backprop"])
+        assert all(not isinstance(r, Exception) for r in results)
+        del results
+        explain_batch(lite0.model, torch.rand(2, 3, 224, 224), "final", ["gradcam", "gradcam++"])
+        assert batch_garbage() == []
+    finally:
+        gc.enable()

@@ -123,6 +123,15 @@ class BatchEvidence:
         """Each image's `Evidence`, fed from the batch's passes."""
         return [ImageEvidence(self, i) for i in range(self.x.shape[0])]
 
+    def release(self) -> None:
+        """Drop the batch's passes and views once the results are collected. The views and the
+        batch reference each other, a cycle that only the garbage collector frees, and the forward
+        pass holds the autograd graph of the whole batch (tens of MB): the app runs no collection
+        after each script run (`.streamlit/config.toml`), so without this they outlive the request."""
+        for name in ("views", "forward", "gradients", "targets"):
+            self.__dict__.pop(name, None)
+        self._memo.clear()
+
     def memo(self, key: str, compute: Callable[[], T]) -> T:
         """Run ``compute`` once per batch and keep its value (a method family's batched pass)."""
         if key not in self._memo:
@@ -265,11 +274,14 @@ def explain_batch(
                               counterfactual, options, first)  # fmt: skip
         if first == 0:  # every image's class is checked before any work beyond one forward pass
             check_targets(requested, batch.logits.shape[1])
-        for name in names:
-            get_method(name).prepare_batch(batch, layer)
-        for view in batch.views:  # the passes are lazy: run them all before reading the clock
+        try:
             for name in names:
-                view.result(name, layer)
-        seconds = elapsed(start, batch.device) / len(batch.views)
-        results += [collect(view, names, layer, seconds=seconds) for view in batch.views]
+                get_method(name).prepare_batch(batch, layer)
+            for view in batch.views:  # the passes are lazy: run them all before reading the clock
+                for name in names:
+                    view.result(name, layer)
+            seconds = elapsed(start, batch.device) / len(batch.views)
+            results += [collect(view, names, layer, seconds=seconds) for view in batch.views]
+        finally:
+            batch.release()
     return results

@@ -294,15 +294,18 @@ def run_explanations(
     targets = [requests[index].target for index, _, _ in prepared]
     x = torch.cat([x for _, _, x in prepared])
     batch = BatchEvidence(zoo_model.model, x, layer, targets, counterfactual)
-    batch_refused = dict(_refused(names, lambda name: get_method(name).prepare_batch(batch, layer)))
-    errors = []
-    for view in batch.views:
-        rest = [name for name in names if name not in batch_refused]
-        refused = batch_refused | dict(_refused(rest, lambda name, view=view: view.result(name, layer)))
-        errors.append({name: str(error) for name, error in refused.items()})
-    seconds = (time.perf_counter() - start) / len(prepared)  # each image's share of the batch
-    for (index, crop, _), view, refused in zip(prepared, batch.views, errors):
-        results[index] = _result(zoo_model, view, crop, layer, names, refused, requests[index].edit, seconds)
+    try:
+        batch_refused = dict(_refused(names, lambda name: get_method(name).prepare_batch(batch, layer)))
+        errors = []
+        for view in batch.views:
+            rest = [name for name in names if name not in batch_refused]
+            refused = batch_refused | dict(_refused(rest, lambda name, view=view: view.result(name, layer)))
+            errors.append({name: str(error) for name, error in refused.items()})
+        seconds = (time.perf_counter() - start) / len(prepared)  # each image's share of the batch
+        for (index, crop, _), view, refused in zip(prepared, batch.views, errors):
+            results[index] = _result(zoo_model, view, crop, layer, names, refused, requests[index].edit, seconds)
+    finally:
+        batch.release()  # a cycle holding the batch's autograd graph (see `BatchEvidence.release`)
     return results
 
 
