@@ -27,7 +27,7 @@ from streamlit.delta_generator import DeltaGenerator
 # small machine, with a blank page unless this says so. Later runs find them imported, and a
 # spinner only appears after half a second, so they never see it.
 with st.spinner("Starting CAM Explorer: loading PyTorch and the explainers (first visit only)…"):
-    import app_cache  # everything heavy comes in through it
+    import app_cache  # noqa: F401  (everything heavy comes in through it)
 
 import app_teach
 from app_cache import (
@@ -919,8 +919,6 @@ def explore() -> None:
         fresh |= occluded is not None and OCCLUSION not in stored
     if fresh:  # draw the step view, the link and the download with the new map
         st.rerun()
-    if result is not None:
-        app_cache.settle_heap_once()
 
 
 def stored_slow(

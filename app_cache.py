@@ -445,27 +445,15 @@ def settle_heap() -> None:
     """Exempt everything alive now (the imported libraries: about 400,000 objects) from Python's
     garbage collector, which finds no cycles among them.
 
-    Streamlit collects garbage after every script run (``runner.postScriptGC``), and a full
-    collection walks every object: with PyTorch, torchvision and plotly loaded it took 0.25-0.5
-    CPU-seconds, three quarters of what a cached rerun of the Explore page cost the server. Frozen,
-    it walks only what came later (sessions, results, models: a model is 1-7 thousand objects).
+    A full collection walks every object: with PyTorch, torchvision and plotly loaded it took
+    0.25-0.5 CPU-seconds, and Streamlit ran one after every script run (``runner.postScriptGC``,
+    now off in .streamlit/config.toml): three quarters of what a cached rerun of the Explore page
+    cost the server. Frozen, Python's own collections walk only what came later (sessions,
+    results, models). Only the libraries are frozen: frozen objects that later became cyclic
+    garbage would never be freed.
     """
     gc.collect()
     gc.freeze()
 
 
 settle_heap()  # at import: the first script run of a server process, once
-
-_SETTLED_AFTER_FIRST_PAGE = threading.Event()
-
-
-def settle_heap_once() -> None:
-    """`settle_heap` again after the first page with maps, once per process: that run imports and
-    builds what import time does not (plotly's figure classes, the model, Torch's kernels).
-
-    The objects of that first session that are alive now and die later are freed by reference
-    counting; any in a reference cycle stay, once per process (a session's widgets: well under 1 MB).
-    """
-    if not _SETTLED_AFTER_FIRST_PAGE.is_set():
-        _SETTLED_AFTER_FIRST_PAGE.set()
-        settle_heap()
