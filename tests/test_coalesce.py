@@ -88,7 +88,11 @@ def test_a_batch_leaves_no_cyclic_garbage_holding_its_passes(lite0, chelsea):
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
             gc.collect()
-            found = [type(o).__name__ for o in gc.garbage if isinstance(o, (BatchEvidence, ImageEvidence, torch.Tensor))]
+            found = [
+                type(o).__name__
+                for o in gc.garbage
+                if isinstance(o, (BatchEvidence, ImageEvidence, torch.Tensor))
+            ]
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
@@ -97,7 +101,12 @@ def test_a_batch_leaves_no_cyclic_garbage_holding_its_passes(lite0, chelsea):
     gc.collect()
     gc.disable()
     try:
-        results = run_explanations(lite0, [ImageRequest(chelsea), ImageRequest(chelsea, 281)], "final", ["gradcam", "guided_backprop"])
+        results = run_explanations(
+            lite0,
+            [ImageRequest(chelsea), ImageRequest(chelsea, 281)],
+            "final",
+            ["gradcam", "guided_backprop"],
+        )
         assert all(not isinstance(r, Exception) for r in results)
         del results
         explain_batch(lite0.model, torch.rand(2, 3, 224, 224), "final", ["gradcam", "gradcam++"])

@@ -303,7 +303,9 @@ def run_explanations(
             errors.append({name: str(error) for name, error in refused.items()})
         seconds = (time.perf_counter() - start) / len(prepared)  # each image's share of the batch
         for (index, crop, _), view, refused in zip(prepared, batch.views, errors):
-            results[index] = _result(zoo_model, view, crop, layer, names, refused, requests[index].edit, seconds)
+            results[index] = _result(
+                zoo_model, view, crop, layer, names, refused, requests[index].edit, seconds
+            )
     finally:
         batch.release()  # a cycle holding the batch's autograd graph (see `BatchEvidence.release`)
     return results
