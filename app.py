@@ -37,10 +37,10 @@ from app_cache import (
     get_explanation,
     get_faithfulness,
     get_figure,
+    get_first_predictions,
     get_image,
     get_model,
     get_picture,
-    get_predictions,
     get_scorecam_plan,
     get_sweep,
     get_top_classes,
@@ -403,6 +403,18 @@ def open_model(request: ModelRequest) -> tuple[tuple[str, bool], ZooModel] | Non
     except ExplainerInputError as error:
         st.error(str(error).splitlines()[0])
         return None
+
+
+def first_predictions(
+    choice: ImageChoice, model: tuple[str, bool], layer: str, image: Image.Image
+) -> list[Prediction]:
+    """The top 5 of the image. A new image's come with the explanation of its top-1 class, which the
+    page asks for next, with the methods and counterfactual the sidebar holds (their widgets are
+    drawn below the class choice, which needs the top 5)."""
+    methods = st.session_state.get("methods", service.default_methods())
+    quick = tuple(m for m in methods if m not in SLOW)
+    counterfactual = bool(st.session_state.get("counterfactual", False))
+    return get_first_predictions(choice.digest, *model, layer, quick, counterfactual, image)
 
 
 def explain(request: ExplainRequest, image: Image.Image, methods: list[str]) -> ExplanationResult | None:
@@ -823,7 +835,7 @@ def explore() -> None:
             [layer.name for layer in zoo_model.layers()], f"layer:{zoo_model.name}", zoo_model.resolve_layer
         )
     layer = sidebar_layer(zoo_model) if zoo_model else None
-    predictions = get_predictions(choice.digest, *model, image) if zoo_model and image else None
+    predictions = first_predictions(choice, model, layer, image) if zoo_model and image else None
     context = f"{choice.digest[:16]}:{model[0]}:{model[1]}" if model else ""
     target, counterfactual = (
         sidebar_class(predictions, zoo_model.labels, context) if predictions else (None, False)

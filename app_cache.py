@@ -28,6 +28,7 @@ import numpy as np
 import streamlit as st
 import torch
 from PIL import Image
+from plotly.basedatatypes import BaseFigure
 
 from explainers import ExplainerInputError
 from explainers.services import service
@@ -41,7 +42,7 @@ from explainers.services.service import (
     Prediction,
     ScorePlan,
 )
-from explainers.services.serving import Coalescer, Lane, apply_thread_budget, make_lanes
+from explainers.services.serving import Coalescer, Lane, apply_thread_budget, keep_freed_memory, make_lanes
 from models_zoo import ZooModel, load_custom_model, load_model
 from models_zoo.folder import fingerprint, load_folder_model
 
@@ -63,15 +64,19 @@ CACHE_BUDGETS_MB = {
     "pictures": 24,  # rendered overlays, JPEG for the page and PNG for downloads
     "scorecam": 24,
     "occlusion": 16,
+    "figures": 32,  # plotly charts: a heat map to inspect is 0.2 MB at 224 x 224, a top-5 chart 7 KB
 }
 
 V = TypeVar("V")
+
+_TRACE_ARRAYS = ("x", "y", "z", "customdata", "text")  # where a plotly trace keeps its data
 
 # Torch's threads per job and the lanes jobs wait in (see explainers.services.serving): quick
 # jobs (predictions, explanations, top-5) never wait behind long ones (sweeps, faithfulness
 # curves, Score-CAM), and no more jobs compute at once than the cores can take.
 LANES = make_lanes()
 apply_thread_budget(LANES)
+keep_freed_memory()  # batched passes reuse freed activations instead of faulting fresh pages in
 
 
 def footprint(value: object, _seen: dict[int, int] | None = None) -> int:
@@ -90,6 +95,10 @@ def footprint(value: object, _seen: dict[int, int] | None = None) -> int:
         return len(value)
     if isinstance(value, Image.Image):
         return value.width * value.height * len(value.getbands())
+    if isinstance(value, BaseFigure):  # a plotly chart: its traces' arrays
+        return 64 + sum(
+            footprint(getattr(trace, name, None), seen) for trace in value.data for name in _TRACE_ARRAYS
+        )
     if isinstance(value, dict):
         return 64 + sum(footprint(k, seen) + footprint(v, seen) for k, v in value.items())
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -189,7 +198,15 @@ class SizedCache:
         return tuple((name, value) for name, value in bound.arguments.items() if not name.startswith("_"))
 
     def __call__(self, *args: Any, **kwargs: Any) -> V:
-        key = self.key(*args, **kwargs)
+        return self.fetch(
+            self.key(*args, **kwargs), lambda: self.fn(*args, **kwargs), self.spinner, self.lane
+        )
+
+    def fetch(
+        self, key: Hashable, compute: Callable[[], V], spinner: str | None = None, lane: Lane | None = None
+    ) -> V:
+        """The value stored under ``key`` (see `key`), else ``compute()``'s, stored: the cache filled
+        another way than by its function (the top-5 of an explanation already on its way)."""
         value = self.store.get(key)
         if value is not None:
             return value
@@ -200,9 +217,9 @@ class SizedCache:
         with lock:  # a second session asking for the same result waits for the first's
             value = self.store.get(key)
             if value is None:
-                with st.spinner(self.spinner) if self.spinner else nullcontext():
-                    with self.lane.slot() if self.lane else nullcontext():
-                        value = freeze(self.fn(*args, **kwargs))
+                with st.spinner(spinner) if spinner else nullcontext():
+                    with lane.slot() if lane else nullcontext():
+                        value = freeze(compute())
                 self.store.put(key, value)
         return value
 
@@ -342,6 +359,41 @@ def get_explanation(
     return EXPLANATIONS.submit(key, ImageRequest(_image, target, edit))
 
 
+def get_first_predictions(
+    digest: str,
+    model: str,
+    random_weights: bool,
+    layer: str,
+    methods: tuple[str, ...],
+    counterfactual: bool,
+    _image: Image.Image,
+) -> list[Prediction]:
+    """`get_predictions` for the Explore page, which explains the top-1 class of a new image: on a
+    miss, the top 5 come from that explanation's forward pass, and the explanation is stored for
+    the request that follows (`get_explanation` with the top-1 class), so a fresh upload costs one
+    forward pass, not two. Without methods, or when the explanation cannot be made (its error
+    shows when the page asks for it), a plain prediction."""
+    if not methods:
+        return get_predictions(digest, model, random_weights, _image)
+
+    def from_explanation() -> list[Prediction]:
+        try:
+            result = EXPLANATIONS.submit(
+                (model, random_weights, layer, methods, counterfactual), ImageRequest(_image)
+            )
+        except ExplainerInputError:
+            with LANES.quick.slot():
+                return service.predict(get_model(model, random_weights), _image)
+        key = get_explanation.key(
+            digest, model, random_weights, layer, result.target, methods, counterfactual, _image
+        )
+        get_explanation.store.put(key, freeze(result))
+        return list(result.top)
+
+    key = get_predictions.key(digest, model, random_weights, _image)
+    return get_predictions.fetch(key, from_explanation, get_explanation.spinner)
+
+
 @sized_cache("scorecam_plans", spinner="Counting Score-CAM's forward passes…", lane=LANES.quick)
 def get_scorecam_plan(
     digest: str,
@@ -427,8 +479,9 @@ def get_picture(
 @st.cache_resource
 def figures() -> BoundedStore[object]:
     # Plotly figures by (kind, explanation key, …): building one validates every property, which
-    # costs more than drawing it. Bounded by count (a heat map holds one map, about 0.4 MB).
-    return BoundedStore(48)
+    # costs more than drawing it. Bounded in bytes: 48 entries, as before, were fewer than 16
+    # sessions' two photos' two charts, and every "cached" rerun rebuilt them.
+    return BoundedStore(10**9, CACHE_BUDGETS_MB["figures"] * 2**20)
 
 
 def get_figure(key: Hashable, build: Callable[[], V]) -> V:

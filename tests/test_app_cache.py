@@ -127,3 +127,68 @@ def test_footprint_counts_shared_memory_once() -> None:
     # A prefix view met before its base does not hide the base's other bytes.
     assert footprint([tensor[:10], tensor]) == 64 + 4000
     assert footprint([grads[:1], grads]) == 64 + grads.nbytes
+
+
+def test_a_new_image_gets_its_top5_and_its_explanation_from_one_forward_pass(chelsea) -> None:
+    from explainers.services import service
+
+    app_cache.clear_caches()
+    zoo = app_cache.get_model("efficientnet_lite0", False)
+    methods = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
+    forwards = []
+    handle = zoo.model.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
+    try:
+        top = app_cache.get_first_predictions(
+            "chelsea", "efficientnet_lite0", False, "final", methods, False, chelsea
+        )
+        assert forwards == [1]
+        # The page then asks for the top-1 class's explanation: it is there, with nothing computed.
+        result = app_cache.get_explanation(
+            "chelsea", "efficientnet_lite0", False, "final", top[0].index, methods, False, chelsea
+        )
+        assert forwards == [1]
+        assert (
+            app_cache.get_first_predictions(
+                "chelsea", "efficientnet_lite0", False, "final", methods, False, chelsea
+            )
+            is top
+        )
+    finally:
+        handle.remove()
+    alone = service.predict(zoo, chelsea)
+    assert [p.index for p in top] == [p.index for p in alone]
+    np.testing.assert_allclose([p.probability for p in top], [p.probability for p in alone], atol=1e-5)
+    expected = service.run_explanation(zoo, chelsea, "final", methods, target=top[0].index)
+    assert result.target == expected.target == top[0].index
+    for name in methods:
+        np.testing.assert_allclose(result.maps[name], expected.maps[name], rtol=1e-4, atol=1e-6)
+
+
+def test_an_explanation_that_cannot_be_made_still_gives_the_top5(chelsea) -> None:
+    app_cache.clear_caches()
+    top = app_cache.get_first_predictions(
+        "chelsea", "efficientnet_lite0", False, "no_such_layer", ("gradcam",), False, chelsea
+    )
+    assert len(top) == 5 and top[0].label
+    assert (
+        app_cache.get_first_predictions("chelsea", "efficientnet_lite0", False, "final", (), False, chelsea)
+        is top
+    )
+
+
+def test_the_figure_store_keeps_a_classes_charts_and_counts_their_arrays() -> None:
+    from explainers.services.figures import heatmap_figure, predictions_figure
+    from explainers.services.service import Prediction
+
+    heat = heatmap_figure(np.random.default_rng(0).random((224, 224), dtype=np.float32))
+    top5 = predictions_figure([Prediction(i, f"class {i}", 0.1) for i in range(5)], highlight=0)
+    assert 224 * 224 * 4 <= footprint(heat) < 224 * 224 * 4 + 4096
+    assert footprint(top5) < 4096
+    store = app_cache.figures()
+    store.clear()
+    for session in range(32):  # 32 students, two photos each: a heat map and a top-5 chart per photo
+        for photo in range(2):
+            store.put(("heatmap", session, photo), heat)
+            store.put(("top5", session, photo), top5)
+    assert len(store) == 128 and store.bytes <= CACHE_BUDGETS_MB["figures"] * 2**20
+    store.clear()

@@ -173,8 +173,9 @@ def test_one_forward_and_one_backward_per_batch():
         assert before.backward_calls == [0] and after.backward_calls == [1]  # one backward, to the layer
         forwards.clear()
         guided = explain_batch(model, x, "4", ["guided_backprop", "deconvnet", "guided_gradcam"], [0] * 6)
-        assert forwards == [6, 6]  # the capture pass and one guided pass, each for the batch
+        assert forwards == [6]  # one pass from the input serves the capture and both rules
         assert before.backward_calls == [2]  # one rectified backward per rule, for the batch
+        assert after.backward_calls == [4]  # and the CAM's backward to the layer, under the plain rule
         forwards.clear()
         explain_batch(model, x, "4", ["gradcam"], options={"batch_size": 4})
         assert forwards == [4, 2]

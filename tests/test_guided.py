@@ -500,6 +500,71 @@ def test_one_guided_pass_serves_the_guided_methods(methods, backwards_to_input):
         explain(model, torch.randn(1, 3, 32, 32), "conv2", methods)
     finally:
         handle.remove()
-    assert len(forwards) == 2  # the CAM pass and the guided pass
+    assert len(forwards) == 1  # one pass, recorded from the input, serves the CAMs and the guided maps
     # The CAM backward stops at the layer; each guided rule's backward reaches the input once.
     assert _CountBackward.calls == backwards_to_input
+
+
+# --- one forward pass lent to the CAMs ------------------------------------------------------------
+CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
+
+
+def separate_passes(model, x, layer, methods, targets=None, counterfactual=False) -> dict:
+    """Each method's maps as before the lent pass: the CAMs on their capture pass (autograd from
+    the layer on), the guided family on a rectified pass of its own."""
+    evidence = Evidence(model, x, [layer], targets, counterfactual)  # no `prepare`: nothing lent
+    return {name: evidence.result(name, layer) for name in methods}
+
+
+@pytest.mark.parametrize("counterfactual", [False, True])
+@pytest.mark.parametrize("layer", ["conv2", "conv3", "relu6"])
+def test_the_lent_pass_gives_the_maps_of_separate_passes(layer, counterfactual):
+    """Layers before and after ReLUs (the CAM backward crosses rectified ReLUs under the plain
+    rule), several classes in one batched backward, and either order of asking."""
+    model, x = small_net()
+    methods = [*CAMS, *GUIDED]
+    expected = separate_passes(model, x, layer, methods, [3, 7], counterfactual)
+    for order in (methods, methods[::-1]):  # the guided backward first, or the CAMs' first
+        evidence = Evidence(model, x, [layer], [3, 7], counterfactual)
+        evidence.prepare(order, layer)
+        got = {name: evidence.result(name, layer) for name in order}
+        assert evidence.shared_forward is not None
+        for name in methods:
+            for a, b in zip(got[name], expected[name], strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name} at {layer}")
+
+
+def test_the_lent_pass_on_a_relu6_network(lite0, chelsea):
+    """EfficientNet-Lite0 (ReLU6 throughout) at the final map and a mid-block layer."""
+    x = lite0.preprocess(chelsea)
+    for layer in ("final", "_blocks.3"):
+        expected = separate_passes(lite0.model, x, layer, ["gradcam", "layercam", "guided_gradcam"])
+        got = explain(lite0.model, x, layer, ["gradcam", "layercam", "guided_gradcam"])
+        for name, (raw, shown) in expected.items():
+            torch.testing.assert_close(got.maps[name], shown[0], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(got.raw[name], raw[0], rtol=1e-4, atol=1e-6)
+
+
+def test_a_refused_model_keeps_its_cams_and_is_not_recorded_again():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, 8, 8)
+    expected = separate_passes(model, x, "2", ["gradcam", "layercam"])
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda m, args: forwards.append(torch.is_grad_enabled()))
+    try:
+        for attempt in range(2):
+            evidence = Evidence(model, x, ["2"])
+            evidence.prepare(["gradcam", "guided_backprop"], "2")
+            torch.testing.assert_close(evidence.result("gradcam", "2"), expected["gradcam"], rtol=0, atol=0)
+            with pytest.raises(MethodError, match="ReLU networks.*silu"):
+                evidence.result("guided_backprop", "2")
+            # The first request records from the input; once refused, the model gets the CAMs'
+            # cheaper pass and no guided pass at all.
+            assert forwards == [True] if attempt == 0 else forwards == [True, False]
+    finally:
+        handle.remove()
+    assert hooks_of(model) == 0 and torch._C._len_torch_function_stack() == 0

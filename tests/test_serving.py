@@ -93,3 +93,16 @@ def test_a_failing_batch_raises_in_each_of_its_requests_and_the_next_batch_runs(
 def test_a_single_request_runs_alone() -> None:
     coalescer = Coalescer(lambda key, items: [item + 1 for item in items], Lane("quick", 1))
     assert coalescer.submit("k", 41) == 42 and coalescer.batch_sizes == [1]
+
+
+def test_the_server_keeps_freed_activations_on_glibc(monkeypatch) -> None:
+    import platform
+
+    from explainers.services.serving import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        assert keep_freed_memory() is False
+        return
+    assert keep_freed_memory() is True
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")  # the operator's own choice wins
+    assert keep_freed_memory() is False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from functools import cached_property
 from typing import TypeVar
 
@@ -25,6 +26,7 @@ from explainers.methods.capture import Captured, model_device
 from explainers.methods.core import (
     Evidence,
     Explanation,
+    SharedForward,
     capture_forward,
     check_methods,
     collect,
@@ -84,11 +86,23 @@ class BatchEvidence:
         self.options: dict[str, object] = dict(options or {})
         self.first = first
         self._memo: dict[str, object] = {}
+        self.shared_forward: SharedForward | None = None
+
+    def share_forward(self, forward: SharedForward) -> bool:
+        """Run the batch's forward pass as ``forward`` (see `Evidence.share_forward`); False if it
+        has already run."""
+        if "forward" in self.__dict__:
+            return False
+        self.shared_forward = forward
+        return True
 
     @cached_property
     def forward(self) -> tuple[torch.Tensor, Captured]:
         """(logits (n, num_classes), the captured layer): one forward pass for the batch."""
-        logits, captured = capture_forward(self.model, self.x, [self.layer])
+        if self.shared_forward is not None:
+            logits, captured = self.shared_forward()
+        else:
+            logits, captured = capture_forward(self.model, self.x, [self.layer])
         return logits, captured[self.layer]
 
     @property
@@ -115,7 +129,10 @@ class BatchEvidence:
         counterfactual. One backward pass for the whole batch."""
         logits, captured = self.forward
         rows = torch.arange(logits.shape[0], device=logits.device)
-        (grads,) = torch.autograd.grad(logits[rows, self.targets].sum(), [captured.tensor])
+        shared = self.shared_forward
+        with shared.plain_gradients() if shared else nullcontext():
+            score = logits[rows, self.targets].sum()
+            (grads,) = torch.autograd.grad(score, [captured.tensor], retain_graph=bool(shared))
         return -grads if self.counterfactual else grads
 
     @cached_property
@@ -131,6 +148,7 @@ class BatchEvidence:
         for name in ("views", "forward", "gradients", "targets"):
             self.__dict__.pop(name, None)
         self._memo.clear()
+        self.shared_forward = None
 
     def memo(self, key: str, compute: Callable[[], T]) -> T:
         """Run ``compute`` once per batch and keep its value (a method family's batched pass)."""
@@ -141,9 +159,9 @@ class BatchEvidence:
     def share(self, key: str, value_of: Callable[[int], object]) -> None:
         """Hand each image's evidence its share of a batched pass: ``value_of(i)`` becomes what
         ``views[i].memo(key, ...)`` returns, so `Method.compute` finds it instead of running
-        the pass for that image alone."""
+        the pass for that image alone. Lazy: nothing runs until a view asks."""
         for i, view in enumerate(self.views):
-            view.memo(key, lambda i=i: value_of(i))
+            view.shares[key] = lambda i=i: value_of(i)
 
 
 class ImageEvidence(Evidence):
@@ -167,6 +185,10 @@ class ImageEvidence(Evidence):
         )
         self.batch = batch
         self.index = index
+        self.shares: dict[str, Callable[[], object]] = {}  # memo keys the batch computes (`share`)
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        return super().memo(key, self.shares.get(key, compute))
 
     @cached_property
     def _forward(self) -> tuple[torch.Tensor, dict[str, Captured]]:
@@ -226,7 +248,8 @@ def explain_batch(
 
     The images go through the model in batches of ``options["batch_size"]``: per batch, one
     forward pass capturing ``layer`` and one backward pass to it serve every gradient CAM of
-    every image; the guided maps add one forward and one backward per ReLU rule for the batch.
+    every image; the guided maps add one backward per ReLU rule for the batch, on the same
+    forward pass (recorded from the input when a guided map is asked for).
     Score-CAM scores its masked inputs per image, as `explain` does (it is its own many-pass
     method). Each result equals ``explain(model, x[i:i+1], layer, methods, targets[i], ...)``
     up to floating-point rounding of batched kernels (1e-5 in the tests).
@@ -272,11 +295,11 @@ def explain_batch(
         start = time.perf_counter()
         batch = BatchEvidence(model, x[first : first + size], layer, requested[first : first + size],
                               counterfactual, options, first)  # fmt: skip
-        if first == 0:  # every image's class is checked before any work beyond one forward pass
-            check_targets(requested, batch.logits.shape[1])
         try:
             for name in names:
                 get_method(name).prepare_batch(batch, layer)
+            if first == 0:  # every image's class is checked before any work beyond one forward pass
+                check_targets(requested, batch.logits.shape[1])
             for view in batch.views:  # the passes are lazy: run them all before reading the clock
                 for name in names:
                     view.result(name, layer)

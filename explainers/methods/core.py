@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,20 @@ T = TypeVar("T")
 # A map whose positive part is below this fraction of the pre-ReLU map's magnitude carries no
 # positive evidence: it is returned as zeros instead of rescaled rounding noise.
 NO_EVIDENCE_RTOL = 1e-5
+
+
+class SharedForward(Protocol):
+    """A forward pass that a method family records from the input (the guided family's rectified
+    pass) and lends to the layer gradients, so that one forward serves both backward passes.
+
+    Calling it runs the pass: (logits (N, num_classes), the captured layers), as `capture_forward`.
+    `plain_gradients` is the context in which the layer gradients are taken: the family's
+    backward rules set to the plain gradient for that backward pass.
+    """
+
+    def __call__(self) -> tuple[torch.Tensor, dict[str, Captured]]: ...
+
+    def plain_gradients(self) -> AbstractContextManager[object]: ...
 
 
 class Evidence:
@@ -83,13 +98,28 @@ class Evidence:
         self.extras: dict[str, object] = {}
         self._results: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._memo: dict[str, object] = {}
+        self.shared_forward: SharedForward | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
         return self.x.shape[-2], self.x.shape[-1]
 
+    def share_forward(self, forward: SharedForward) -> bool:
+        """Run the forward pass as ``forward`` (see `SharedForward`); False if it has already run."""
+        if "_forward" in self.__dict__:
+            return False
+        self.shared_forward = forward
+        return True
+
+    def prepare(self, methods: Sequence[str], layer: str) -> None:
+        """Let each method arrange its passes before any runs (`Method.prepare`)."""
+        for name in methods:
+            get_method(name).prepare(self, layer)
+
     @cached_property
     def _forward(self) -> tuple[torch.Tensor, dict[str, Captured]]:
+        if self.shared_forward is not None:
+            return self.shared_forward()
         return capture_forward(self.model, self.x, self.layers)
 
     @property
@@ -127,7 +157,12 @@ class Evidence:
     def _gradients(self) -> dict[str, torch.Tensor]:
         # One backward for all layers and all target classes.
         captured = [self._forward[1][name] for name in self.layers]
-        grads = batched_grad(self.logits[self.targets], [c.tensor for c in captured])
+        shared = self.shared_forward
+        with shared.plain_gradients() if shared else nullcontext():
+            # A shared pass keeps its graph for the family's own backward to the input.
+            grads = batched_grad(
+                self.logits[self.targets], [c.tensor for c in captured], retain_graph=bool(shared)
+            )
         sign = -1.0 if self.counterfactual else 1.0
         return {name: sign * c.view(g) for name, c, g in zip(self.layers, captured, grads)}
 
@@ -151,17 +186,24 @@ class Evidence:
 
 
 def capture_forward(
-    model: nn.Module, x: torch.Tensor, layers: Sequence[str]
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    around: AbstractContextManager[object] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Captured]]:
     """One forward pass of ``x`` (N, C, H, W) capturing ``layers``: (logits (N, num_classes), captures).
 
     Autograd records the network from the shallowest captured layer on (see `capture_targets`).
+    With ``around`` (a method family's function mode, entered outside the capture so that the
+    capture sees the model's own calls), it records the whole pass from ``x`` on instead: the
+    pass a `SharedForward` lends to the layer gradients.
 
     Raises:
         ExplainerInputError (and subclasses): a layer that is unknown, not a feature map or did
             not run; a model that does not return (N, num_classes) scores.
     """
-    with capture_targets(model, layers, tuple(x.shape[1:])) as captured, torch.no_grad():
+    recording = torch.enable_grad() if around is not None else torch.no_grad()
+    with around or nullcontext(), capture_targets(model, layers, tuple(x.shape[1:])) as captured, recording:
         logits = model(x)
     missing = [name for name in layers if name not in captured]
     if missing:
@@ -195,6 +237,14 @@ class Method:
         raw is the map at the layer's resolution before normalisation, map is what is shown.
         """
         raise NotImplementedError
+
+    def prepare(self, evidence: Evidence, layer: str) -> None:
+        """Arrange this method's passes on one image's evidence before any pass runs.
+
+        The guided family lends its forward pass, recorded from the input, to the layer
+        gradients (`Evidence.share_forward`), so a request mixing CAMs and guided maps costs one
+        forward pass, not two. The default does nothing; a method works without it.
+        """
 
     def prepare_batch(self, batch: BatchEvidence, layer: str) -> None:
         """Run this method's own extra passes once for a batch of images (`explainers.methods.batch`).
@@ -419,6 +469,7 @@ def explain(
 
         return explain_augmented(model, x, layer, names, targets, counterfactual, options, start)
     evidence = Evidence(model, x, [layer], targets, counterfactual, options=options)
+    evidence.prepare(names, layer)
     for name in names:  # the passes are lazy: run them all before reading the clock
         evidence.result(name, layer)
     return collect(evidence, names, layer, seconds=elapsed(start, evidence.device))

@@ -14,7 +14,10 @@ request's forward pass: the mode stack is thread-local, so concurrent requests o
 model see plain ReLUs, no module is swapped and no hook is registered. Because the mode sees
 calls rather than modules, `nn.ReLU` (in-place, or one instance called several times),
 `nn.ReLU6`, `F.relu`, `torch.relu_` and `Tensor.relu` in a model's `forward` are all covered.
-The rule is read when the backward pass runs, so one recorded forward serves both rules.
+The rule is read when the backward pass runs, so one recorded forward serves both rules, and
+also the CAMs: asked together with a CAM, the family records its pass with the layer captured
+and lends it to the layer gradients (`RectifiedPass`), which are taken under the plain rule, so
+a request showing CAMs and guided maps costs one forward pass, not two.
 
 ReLU6 is ReLU followed by a clip at 6; the clip is not a ReLU and keeps its plain gradient
 [x < 6] under both rules. Models with other activations (SiLU, GELU, Hardswish...) are refused:
@@ -25,7 +28,9 @@ TorchScript models (refused), and ReLUs written as `clamp(min=0)` or `maximum` (
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,7 +40,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from explainers.errors import MethodError
-from explainers.methods.core import Evidence, Method, batched_grad, register
+from explainers.methods.capture import Captured
+from explainers.methods.core import Evidence, Method, batched_grad, capture_forward, register
 from models_zoo.targets import RELU_CALLS
 
 if TYPE_CHECKING:
@@ -47,6 +53,7 @@ class _Rule:
     """The backward rule of one guided pass's ReLUs, read when the backward runs."""
 
     mask_by_input: bool = True  # guided backprop; False: deconvnet
+    rectify: bool = True  # keep max(R, 0); False with mask_by_input: the plain gradient R [x > 0]
 
 
 class _RectifiedReLU(torch.autograd.Function):
@@ -65,7 +72,8 @@ class _RectifiedReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad = grad.clamp(min=0)
+        if ctx.rule.rectify:
+            grad = grad.clamp(min=0)
         if ctx.rule.mask_by_input:
             grad = grad * ctx.positive
         if ctx.below_upper is not None:
@@ -109,6 +117,50 @@ class _RectifyReLUs(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# Models the family has refused, with why: a later request is refused without a pass of its own.
+_REFUSED: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def _refusal(model: torch.nn.Module, mode: _RectifyReLUs | None = None) -> MethodError | None:
+    """Why the family cannot explain ``model`` (after a pass: as ``mode`` saw it), or None."""
+    if model in _REFUSED:
+        return MethodError(_REFUSED[model])
+    if any(isinstance(module, torch.jit.ScriptModule) for module in model.modules()):
+        return MethodError(
+            "Guided backprop and deconvnet cannot see the ReLUs inside a TorchScript model; "
+            "use the model's Python version, or a CAM method."
+        )
+    if mode is None:
+        return None
+    if mode.unsupported:
+        message = (
+            "Guided backprop and deconvnet are defined for ReLU networks, but this model also uses "
+            f"{', '.join(sorted(mode.unsupported))}, for which they have no rule: the map would be "
+            "wrong. Use a CAM method, or a ReLU model (ResNet, VGG, EfficientNet-Lite)."
+        )
+    elif not mode.rectified:
+        message = (
+            "No ReLU ran in the model's forward pass, so guided backprop and deconvnet would show "
+            "the plain gradient. Use a CAM method, or a ReLU model (ResNet, VGG, EfficientNet-Lite)."
+        )
+    else:
+        return None
+    _REFUSED[model] = message
+    return MethodError(message)
+
+
+def _record(
+    model: torch.nn.Module, x: torch.Tensor, layers: Sequence[str] = ()
+) -> tuple[torch.Tensor, torch.Tensor, _Rule, dict[str, Captured], MethodError | None]:
+    """The guided forward pass, capturing ``layers``: (logits, input leaf, rule, captures, why the
+    family refuses the model or None). A refused pass is still a valid forward pass of the model."""
+    x = x.detach().requires_grad_(True)  # gradients go to the input only, not to parameters
+    rule = _Rule()
+    mode = _RectifyReLUs(rule)
+    logits, captured = capture_forward(model, x, layers, around=mode)
+    return logits, x, rule, captured, _refusal(model, mode)
+
+
 def rectified_forward(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Rule]:
     """The guided forward pass of images x (N, C, H, W): (logits (N, classes), the input leaf, the
     pass's rule), recorded for a backward to the input alone.
@@ -116,33 +168,79 @@ def rectified_forward(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Te
     Raises:
         MethodError: a TorchScript model, an activation without a guided rule, or no ReLU at all.
     """
-    if any(isinstance(module, torch.jit.ScriptModule) for module in model.modules()):
-        raise MethodError(
-            "Guided backprop and deconvnet cannot see the ReLUs inside a TorchScript model; "
-            "use the model's Python version, or a CAM method."
-        )
-    x = x.detach().requires_grad_(True)  # gradients go to the input only, not to parameters
-    rule = _Rule()
-    mode = _RectifyReLUs(rule)
-    with torch.enable_grad(), mode:
-        logits = model(x)
-    if mode.unsupported:
-        raise MethodError(
-            "Guided backprop and deconvnet are defined for ReLU networks, but this model also uses "
-            f"{', '.join(sorted(mode.unsupported))}, for which they have no rule: the map would be "
-            "wrong. Use a CAM method, or a ReLU model (ResNet, VGG, EfficientNet-Lite)."
-        )
-    if not mode.rectified:
-        raise MethodError(
-            "No ReLU ran in the model's forward pass, so guided backprop and deconvnet would show "
-            "the plain gradient. Use a CAM method, or a ReLU model (ResNet, VGG, EfficientNet-Lite)."
-        )
+    refusal = _refusal(model)
+    if refusal is None:
+        logits, x, rule, _, refusal = _record(model, x)
+    if refusal is not None:
+        raise refusal
     return logits, x, rule
+
+
+class RectifiedPass:
+    """The family's forward pass with the target layers captured, lent to the layer gradients
+    (`explainers.methods.core.SharedForward`): the CAMs' backward to the layer and the family's
+    backward to the input then share one forward pass.
+
+    The pass records the whole network from the input, which costs more than the CAMs' own pass
+    (it records only after the layer), so it is lent only when a guided map is asked for too.
+    """
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, layers: Sequence[str]) -> None:
+        self.model = model
+        self.x = x
+        self.layers = list(layers)
+        self.rule: _Rule | None = None
+        self._recorded: tuple[torch.Tensor, torch.Tensor, _Rule] | MethodError | None = None
+
+    def __call__(self) -> tuple[torch.Tensor, dict[str, Captured]]:
+        logits, x, self.rule, captured, refusal = _record(self.model, self.x, self.layers)
+        self._recorded = refusal or (logits, x, self.rule)
+        return logits, captured
+
+    @contextmanager
+    def plain_gradients(self) -> Iterator[None]:
+        rule = self.rule
+        if rule is None:  # the pass has not run
+            yield
+            return
+        saved = rule.rectify, rule.mask_by_input
+        rule.rectify, rule.mask_by_input = False, True
+        try:
+            yield
+        finally:
+            rule.rectify, rule.mask_by_input = saved
+
+    def recorded(self) -> tuple[torch.Tensor, torch.Tensor, _Rule]:
+        """(logits, input leaf, rule) of the pass, which has run.
+
+        Raises:
+            MethodError: the family refuses the model (see `rectified_forward`).
+        """
+        if isinstance(self._recorded, MethodError):
+            raise MethodError(str(self._recorded))
+        assert self._recorded is not None, "the shared forward pass has not run"
+        return self._recorded
+
+
+def _lend_forward(owner: Evidence | BatchEvidence, layers: Sequence[str]) -> None:
+    """Record the owner's forward pass as a `RectifiedPass`, unless the model is refused."""
+    if isinstance(owner.shared_forward, RectifiedPass) or _refusal(owner.model) is not None:
+        return
+    owner.share_forward(RectifiedPass(owner.model, owner.x, layers))
+
+
+def _guided_pass(owner: Evidence | BatchEvidence) -> tuple[torch.Tensor, torch.Tensor, _Rule]:
+    """(logits, input leaf, rule): the lent forward pass when there is one, else a pass of its own."""
+    shared = owner.shared_forward
+    if isinstance(shared, RectifiedPass):
+        owner.logits  # noqa: B018  (runs the shared pass, if it has not run)
+        return shared.recorded()
+    return rectified_forward(owner.model, owner.x)
 
 
 def _rectified_forward(evidence: Evidence) -> tuple[torch.Tensor, torch.Tensor, _Rule]:
     """The guided forward pass of one image: (target scores (k,), input leaf (1, 3, H, W), rule)."""
-    logits, x, rule = rectified_forward(evidence.model, evidence.x)
+    logits, x, rule = _guided_pass(evidence)
     scores = logits[0, evidence.targets]
     # Counterfactual: the rectified gradient of -y^c, what lowers the class (as the CAMs' negated
     # gradients); the ReLU rules then keep the positive part of that signal, not of y^c's.
@@ -164,7 +262,7 @@ def rectified_input_gradients(evidence: Evidence, mask_by_input: bool) -> torch.
 
     def backward() -> torch.Tensor:
         scores, x, rule = evidence.memo("guided:forward", lambda: _rectified_forward(evidence))
-        rule.mask_by_input = mask_by_input
+        rule.rectify, rule.mask_by_input = True, mask_by_input
         (grads,) = batched_grad(scores, [x], retain_graph=True)  # (k, 3, H, W)
         return grads.permute(0, 2, 3, 1).contiguous()
 
@@ -177,13 +275,13 @@ def _batch_rectified_gradients(batch: BatchEvidence, mask_by_input: bool) -> tor
     sum_i y^{c_i}(x_i) with respect to the batch is each image's own gradient."""
 
     def forward() -> tuple[torch.Tensor, torch.Tensor, _Rule]:
-        logits, x, rule = rectified_forward(batch.model, batch.x)
+        logits, x, rule = _guided_pass(batch)
         scores = logits[torch.arange(logits.shape[0], device=logits.device), batch.targets]
         return (-scores if batch.counterfactual else scores), x, rule
 
     def backward() -> torch.Tensor:
         scores, x, rule = batch.memo("guided:forward", forward)
-        rule.mask_by_input = mask_by_input
+        rule.rectify, rule.mask_by_input = True, mask_by_input
         (grads,) = torch.autograd.grad(scores.sum(), [x], retain_graph=True)  # (N, 3, H, W)
         return grads.permute(0, 2, 3, 1)
 
@@ -202,9 +300,15 @@ class RectifiedGradient(Method):
     mask_by_input: ClassVar[bool] = True
     cam: ClassVar[str | None] = None  # a CAM method whose upsampled map multiplies the gradient
 
+    def prepare(self, evidence: Evidence, layer: str) -> None:
+        _lend_forward(evidence, evidence.layers)
+
     def prepare_batch(self, batch: BatchEvidence, layer: str) -> None:
-        grads = _batch_rectified_gradients(batch, self.mask_by_input)  # (N, H, W, 3)
-        batch.share(_rule_key(self.mask_by_input), lambda i: grads[i : i + 1].contiguous())
+        _lend_forward(batch, [batch.layer])
+        mask = self.mask_by_input
+        batch.share(
+            _rule_key(mask), lambda i: _batch_rectified_gradients(batch, mask)[i : i + 1].contiguous()
+        )
 
     def compute(self, evidence: Evidence, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
         grads = rectified_input_gradients(evidence, self.mask_by_input)  # (k, H, W, 3)

@@ -253,6 +253,7 @@ def run_explanation(
     crop, x = _inputs(zoo_model, image, edit)
     targets = None if target is None else [target]
     evidence = Evidence(zoo_model.model, x, [layer], targets, counterfactual, options=options)
+    evidence.prepare(names, layer)
     errors = {name: str(error) for name, error in _refused(names, lambda name: evidence.result(name, layer))}
     return _result(zoo_model, evidence, crop, layer, names, errors, edit, time.perf_counter() - start)
 

@@ -15,7 +15,9 @@ batch, one forward and one backward for all of them, and each caller gets its ow
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
@@ -85,6 +87,39 @@ def make_lanes(cores: int | None = None, threads: int | None = None) -> Lanes:
 def apply_thread_budget(lanes: Lanes) -> None:
     """Set Torch's intra-op threads to the lanes' budget (process-wide)."""
     torch.set_num_threads(lanes.threads)
+
+
+# glibc's mallopt parameters (malloc.h) and the values the server sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEEP_FREED = {"mmap_threshold": 32 * 2**20, "trim_threshold": 256 * 2**20}
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc reuse the memory of freed activations instead of handing it back to the
+    kernel after every pass: blocks up to 32 MB come from the heap rather than fresh mappings, and
+    up to 256 MB of free heap is kept (`KEEP_FREED`). Without it, each batched pass maps its
+    activations anew and the kernel zeroes every page on first touch: 3.7 M page faults and 43 % of
+    the CPU in the kernel for Lite0 explanations at batch 1, 8 and 16, against 1.7 M and 28 % with
+    it (and 0.22 -> 0.14 CPU-s an image at batch 16). What the heap keeps is reused by the next
+    pass, so memory levels off higher by at most that much.
+
+    Returns False (changing nothing) off glibc, or when $MALLOC_MMAP_THRESHOLD_ or
+    $MALLOC_TRIM_THRESHOLD_ already say what the operator wants.
+    """
+    if platform.libc_ver()[0] != "glibc" or {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(
+        os.environ
+    ):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # The mmap threshold first: setting either turns off glibc's own moving thresholds.
+    return (
+        mallopt(_M_MMAP_THRESHOLD, KEEP_FREED["mmap_threshold"]) == 1
+        and mallopt(_M_TRIM_THRESHOLD, KEEP_FREED["trim_threshold"]) == 1
+    )
 
 
 @dataclass
