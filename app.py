@@ -413,6 +413,8 @@ def first_predictions(
     drawn below the class choice, which needs the top 5)."""
     methods = st.session_state.get("methods", service.default_methods())
     quick = tuple(m for m in methods if m not in SLOW)
+    if st.session_state.get(app_teach.LINK_PENDING, {}).get("class") is not None:
+        quick = ()  # a link names the class to explain: its top-1 explanation would go unshown
     counterfactual = bool(st.session_state.get("counterfactual", False))
     return get_first_predictions(choice.digest, *model, layer, quick, counterfactual, image)
 

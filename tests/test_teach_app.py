@@ -331,3 +331,21 @@ def test_scorecam_steps_show_the_masked_inputs_and_their_scores():
     )
     assert any(c.startswith("the chosen channel as a mask") for c in captions(at))
     assert any("p_c\\big(X\\odot H^k\\big)" in latex.value for latex in at.latex)
+
+
+def test_a_link_that_names_a_class_explains_that_class_alone(monkeypatch):
+    # The page seeds a new image's top-1 explanation only when it will show it: a link's class is
+    # explained, and the top 5 come from a plain prediction, not from an unshown explanation.
+    app_cache.clear_caches()
+    explained = []
+    run = explainers.services.service.run_explanations
+
+    def recording(zoo_model, requests, *args, **kwargs):
+        explained.extend(request.target for request in requests)
+        return run(zoo_model, requests, *args, **kwargs)
+
+    monkeypatch.setattr(explainers.services.service, "run_explanations", recording)
+    query = {"page": "explore", "sample": "two_cats", "model": "efficientnet_lite0", "class": "1"}
+    at = open_app(query)
+    assert by_label(at.radio, "Class to explain").value in (1, -1)
+    assert explained == [1]
