@@ -101,7 +101,9 @@ def keep_freed_memory() -> bool:
     activations anew and the kernel zeroes every page on first touch: 3.7 M page faults and 43 % of
     the CPU in the kernel for Lite0 explanations at batch 1, 8 and 16, against 1.7 M and 28 % with
     it (and 0.22 -> 0.14 CPU-s an image at batch 16). What the heap keeps is reused by the next
-    pass, so memory levels off higher by at most that much.
+    pass. The trim threshold holds per malloc arena, and each thread that runs passes may use its
+    own; the lanes let only a few jobs compute at once, so a few arenas keep memory, each up to
+    256 MB: the soak of `benchmarks.load` measures where the server levels off.
 
     Returns False (changing nothing) off glibc, or when $MALLOC_MMAP_THRESHOLD_ or
     $MALLOC_TRIM_THRESHOLD_ already say what the operator wants.
