@@ -24,6 +24,7 @@ from PIL import Image
 from explainers import METHODS
 from explainers.errors import ImageError
 from explainers.methods.batch import explain_batch
+from explainers.methods.inference import scoring_model
 from explainers.methods.metrics import Box, energy_in_box, faithfulness_batch, is_blank
 from explainers.services.cli import file_stem, load_zoo
 from explainers.services.images import load_image
@@ -106,7 +107,9 @@ def picture_stem(index: int, name: str) -> str:
 
 def png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
+    # zlib's fastest level: a 224 x 224 overlay in 6 ms instead of 15, for 6 % more bytes (an
+    # audit's three pictures per image were 7 % of its time at the default level).
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -151,9 +154,10 @@ def audit_batch(zoo, settings: AuditSettings, items: Sequence[Item]) -> list[tup
     targets = [settings.target] * len(readable)
     explanations = explain_batch(zoo.model, x, settings.layer, methods, targets)
     # The scoring passes run side by side, one Torch thread each: as many as Torch has threads
-    # here (the cores in-process; one in a Ray actor with one CPU).
+    # here (the cores in-process; one in a Ray actor with one CPU); on a copy of the model with
+    # its BatchNorms folded where that agrees with the model.
     scores = faithfulness_batch(
-        zoo.model,
+        scoring_model(zoo.model, x),
         x,
         [e.maps for e in explanations],
         [e.target for e in explanations],
