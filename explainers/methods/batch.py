@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from functools import cached_property
 from typing import TypeVar
 
@@ -26,6 +25,7 @@ from explainers.methods.capture import Captured, model_device
 from explainers.methods.core import (
     Evidence,
     Explanation,
+    LendsForward,
     SharedForward,
     capture_forward,
     check_methods,
@@ -45,7 +45,7 @@ CPU_BATCH_SIZE = 8
 GPU_BATCH_SIZE = 64
 
 
-class BatchEvidence:
+class BatchEvidence(LendsForward):
     """The shared passes of a batch of images: one forward, one backward, methods' batch passes.
 
     Args:
@@ -57,6 +57,8 @@ class BatchEvidence:
         options: method options (see `explain`); every image's evidence reads them.
         first: the index of the batch's first image among the caller's images (for messages).
     """
+
+    _forward_name = "forward"
 
     def __init__(
         self,
@@ -87,14 +89,6 @@ class BatchEvidence:
         self.first = first
         self._memo: dict[str, object] = {}
         self.shared_forward: SharedForward | None = None
-
-    def share_forward(self, forward: SharedForward) -> bool:
-        """Run the batch's forward pass as ``forward`` (see `Evidence.share_forward`); False if it
-        has already run."""
-        if "forward" in self.__dict__:
-            return False
-        self.shared_forward = forward
-        return True
 
     @cached_property
     def forward(self) -> tuple[torch.Tensor, Captured]:
@@ -129,10 +123,9 @@ class BatchEvidence:
         counterfactual. One backward pass for the whole batch."""
         logits, captured = self.forward
         rows = torch.arange(logits.shape[0], device=logits.device)
-        shared = self.shared_forward
-        with shared.plain_gradients() if shared else nullcontext():
+        with self.layer_backward() as keep_graph:
             score = logits[rows, self.targets].sum()
-            (grads,) = torch.autograd.grad(score, [captured.tensor], retain_graph=bool(shared))
+            (grads,) = torch.autograd.grad(score, [captured.tensor], retain_graph=keep_graph)
         return -grads if self.counterfactual else grads
 
     @cached_property

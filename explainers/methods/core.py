@@ -9,8 +9,8 @@ So asking for five gradient CAMs costs one forward and one backward, not five of
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
@@ -46,7 +46,30 @@ class SharedForward(Protocol):
     def plain_gradients(self) -> AbstractContextManager[object]: ...
 
 
-class Evidence:
+class LendsForward:
+    """A request whose forward pass a method family may run for it (`SharedForward`): shared by
+    `Evidence` and `BatchEvidence`, whose cached forward property is named by ``_forward_name``."""
+
+    _forward_name: ClassVar[str]
+    shared_forward: SharedForward | None = None
+
+    def share_forward(self, forward: SharedForward) -> bool:
+        """Run the forward pass as ``forward`` (see `SharedForward`); False if it has already run."""
+        if self._forward_name in self.__dict__:
+            return False
+        self.shared_forward = forward
+        return True
+
+    @contextmanager
+    def layer_backward(self) -> Iterator[bool]:
+        """The context of the backward pass to the layers: under a lent pass, its plain rule.
+        Yields whether to keep the graph: a lent pass keeps it for the family's own backward."""
+        shared = self.shared_forward
+        with shared.plain_gradients() if shared else nullcontext():
+            yield shared is not None
+
+
+class Evidence(LendsForward):
     """The activations, gradients and scores of one (model, image, layers, classes) request.
 
     Each property runs its pass on first use and keeps the result, so methods that need the
@@ -67,6 +90,8 @@ class Evidence:
         extras: what methods report about their work (e.g. Score-CAM's number of passes);
             copied into each `Explanation`.
     """
+
+    _forward_name = "_forward"
 
     def __init__(
         self,
@@ -103,13 +128,6 @@ class Evidence:
     @property
     def input_size(self) -> tuple[int, int]:
         return self.x.shape[-2], self.x.shape[-1]
-
-    def share_forward(self, forward: SharedForward) -> bool:
-        """Run the forward pass as ``forward`` (see `SharedForward`); False if it has already run."""
-        if "_forward" in self.__dict__:
-            return False
-        self.shared_forward = forward
-        return True
 
     def prepare(self, methods: Sequence[str], layer: str) -> None:
         """Let each method arrange its passes before any runs (`Method.prepare`)."""
@@ -157,12 +175,8 @@ class Evidence:
     def _gradients(self) -> dict[str, torch.Tensor]:
         # One backward for all layers and all target classes.
         captured = [self._forward[1][name] for name in self.layers]
-        shared = self.shared_forward
-        with shared.plain_gradients() if shared else nullcontext():
-            # A shared pass keeps its graph for the family's own backward to the input.
-            grads = batched_grad(
-                self.logits[self.targets], [c.tensor for c in captured], retain_graph=bool(shared)
-            )
+        with self.layer_backward() as keep_graph:
+            grads = batched_grad(self.logits[self.targets], [c.tensor for c in captured], keep_graph)
         sign = -1.0 if self.counterfactual else 1.0
         return {name: sign * c.view(g) for name, c, g in zip(self.layers, captured, grads)}
 

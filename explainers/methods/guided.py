@@ -189,12 +189,12 @@ class RectifiedPass:
         self.model = model
         self.x = x
         self.layers = list(layers)
-        self.rule: _Rule | None = None
-        self._recorded: tuple[torch.Tensor, torch.Tensor, _Rule] | MethodError | None = None
+        self.rule: _Rule | None = None  # set by the pass
+        self._recorded: tuple[torch.Tensor, torch.Tensor] | MethodError | None = None  # (logits, input leaf)
 
     def __call__(self) -> tuple[torch.Tensor, dict[str, Captured]]:
         logits, x, self.rule, captured, refusal = _record(self.model, self.x, self.layers)
-        self._recorded = refusal or (logits, x, self.rule)
+        self._recorded = refusal or (logits, x)
         return logits, captured
 
     @contextmanager
@@ -218,8 +218,8 @@ class RectifiedPass:
         """
         if isinstance(self._recorded, MethodError):
             raise MethodError(str(self._recorded))
-        assert self._recorded is not None, "the shared forward pass has not run"
-        return self._recorded
+        assert self._recorded is not None and self.rule is not None, "the shared forward pass has not run"
+        return (*self._recorded, self.rule)
 
 
 def _lend_forward(owner: Evidence | BatchEvidence, layers: Sequence[str]) -> None:
