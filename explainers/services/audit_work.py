@@ -14,6 +14,7 @@ import io
 import math
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,21 @@ def box_share(heatmap: torch.Tensor, box: Box | None) -> float:
     return energy_in_box(heatmap, box)
 
 
+def draw_pictures(
+    item: Item, crop: np.ndarray, maps: dict[str, torch.Tensor], methods: Sequence[str]
+) -> dict[str, tuple[str, bytes]]:
+    """An image's pictures: "image" (the model's crop) and each method's overlay, with the
+    image's box drawn; key -> (path relative to the run folder, PNG bytes)."""
+    stem = picture_stem(item.index, item.name)
+    pictures = {"image": (f"overlays/{stem}.png", png(crop))}
+    for name in methods:
+        overlay = picture(METHODS[name].kind, to_numpy(maps[name]), crop)
+        if item.box is not None:
+            overlay = draw_box(overlay, item.box, colour=(255, 255, 255))
+        pictures[name] = (f"overlays/{stem}_{file_stem(name)}.png", png(overlay))
+    return pictures
+
+
 def audit_batch(zoo, settings: AuditSettings, items: Sequence[Item]) -> list[tuple[Row, dict[str, bytes]]]:
     """Audit a batch of images: one explanation call and one scoring call for all of them.
 
@@ -153,21 +169,30 @@ def audit_batch(zoo, settings: AuditSettings, items: Sequence[Item]) -> list[tup
     x = torch.cat(tensors)  # (N, C, H, W)
     targets = [settings.target] * len(readable)
     explanations = explain_batch(zoo.model, x, settings.layer, methods, targets)
-    # The scoring passes run side by side, one Torch thread each: as many as Torch has threads
-    # here (the cores in-process; one in a Ray actor with one CPU); on a copy of the model with
-    # its BatchNorms folded where that agrees with the model.
-    scores = faithfulness_batch(
-        scoring_model(zoo.model, x),
-        x,
-        [e.maps for e in explanations],
-        [e.target for e in explanations],
-        steps=settings.steps,
-        workers=torch.get_num_threads(),
-    )
+    # The pictures are drawn meanwhile on a thread of their own: they need only the maps, and
+    # fill the moments the scoring passes leave a core idle.
+    with ThreadPoolExecutor(1, thread_name_prefix="audit-pictures") as drawing:
+        drawn = drawing.submit(
+            lambda: [
+                draw_pictures(items[position], crop, result.maps, methods)
+                for position, crop, result in zip(readable, crops, explanations)
+            ]
+        )
+        # The scoring passes run side by side, one Torch thread each: as many as Torch has
+        # threads here (the cores in-process; one in a Ray actor with one CPU); on a copy of
+        # the model with its BatchNorms folded where that agrees with the model.
+        scores = faithfulness_batch(
+            scoring_model(zoo.model, x),
+            x,
+            [e.maps for e in explanations],
+            [e.target for e in explanations],
+            steps=settings.steps,
+            workers=torch.get_num_threads(),
+        )
+        pictures = drawn.result()
     height, width = x.shape[-2:]
-    for position, crop, result, faith in zip(readable, crops, explanations, scores):
+    for position, result, faith, drawing_of in zip(readable, explanations, scores, pictures):
         item, row = items[position], rows[position]
-        pictures = outputs[position][1]
         probabilities = result.probabilities
         predicted = int(result.logits.argmax())
         row.prediction, row.probability = zoo.labels[predicted], float(probabilities[predicted])
@@ -175,9 +200,8 @@ def audit_batch(zoo, settings: AuditSettings, items: Sequence[Item]) -> list[tup
         if item.box is not None:
             x0, y0, x1, y1 = item.box
             row.box_area = (min(x1, width) - x0) * (min(y1, height) - y0) / (width * height)
-        stem = picture_stem(item.index, item.name)
-        row.pictures["image"] = f"overlays/{stem}.png"
-        pictures[row.pictures["image"]] = png(crop)
+        row.pictures = {key: path for key, (path, _) in drawing_of.items()}
+        outputs[position][1].update(drawing_of.values())
         for name in methods:
             heatmap, scored = result.maps[name], faith[name]
             row.scores[name] = {
@@ -187,9 +211,4 @@ def audit_batch(zoo, settings: AuditSettings, items: Sequence[Item]) -> list[tup
                 "deletion_auc": scored.deletion_auc,
                 "insertion_auc": scored.insertion_auc,
             }
-            overlay = picture(METHODS[name].kind, to_numpy(heatmap), crop)
-            if item.box is not None:
-                overlay = draw_box(overlay, item.box, colour=(255, 255, 255))
-            row.pictures[name] = f"overlays/{stem}_{file_stem(name)}.png"
-            pictures[row.pictures[name]] = png(overlay)
     return outputs
