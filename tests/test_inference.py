@@ -150,7 +150,7 @@ def test_the_agreement_check_is_what_refuses_a_wrong_fold(monkeypatch):
     torch.manual_seed(0)
     model = frozen(randomise_norms(WithBiasIgnoringConv()))
     x = torch.randn(2, 3, 8, 8)
-    monkeypatch.setattr(inference, "AGREEMENT", float("inf"))
+    monkeypatch.setattr(inference, "_agrees", lambda *_: True)
     wrong = scoring_model(model, x)
     assert wrong is not model
     assert (probabilities(wrong, x) - probabilities(model, x)).abs().max() > 1e-3
@@ -206,3 +206,68 @@ def test_audit_rows_equal_each_image_scored_on_the_model_itself(lite0):
             assert abs(ours["deletion_auc"] - theirs.deletion_auc) <= 1e-5
             assert abs(ours["insertion_auc"] - theirs.insertion_auc) <= 1e-5
             assert ours["increase_in_confidence"] == float(theirs.increase)
+
+
+def test_a_change_the_state_cannot_see_is_caught_by_the_check_on_each_use():
+    """Weights replaced through ``.data`` keep ids, storage and versions; a changed eps is no
+    tensor at all: the copy is checked again on each use, and a new one is made."""
+    model = frozen(
+        randomise_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 5)))
+    )
+    x = torch.randn(2, 3, 8, 8)
+    first = scoring_model(model, x)
+    assert first is not model
+    model[0].weight.data.mul_(-3)
+    second = scoring_model(model, x)
+    assert second is not first
+    torch.testing.assert_close(probabilities(second, x), probabilities(model, x), atol=AGREEMENT, rtol=0)
+    model[1].eps = 10.0
+    third = scoring_model(model, x)
+    assert third is not second
+    torch.testing.assert_close(probabilities(third, x), probabilities(model, x), atol=AGREEMENT, rtol=0)
+
+
+def test_the_models_hooks_stay_on_the_model():
+    model = frozen(randomise_norms(torchvision.models.resnet18(weights=None, num_classes=10), seed=4))
+    x = torch.randn(2, 3, 64, 64)
+    seen = []
+    handle = model.conv1.register_forward_hook(lambda *_: seen.append(1))
+    try:
+        copy = scoring_model(model, x)
+        assert copy is not model
+        calls = len(seen)  # the probe's pass of the model itself
+        probabilities(copy, x)
+        assert len(seen) == calls
+        assert all(not m._forward_hooks for m in copy.modules())
+    finally:
+        handle.remove()
+
+
+def test_a_norm_in_training_mode_inside_an_eval_model_gets_no_copy_and_keeps_its_statistics():
+    model = frozen(
+        randomise_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 5)))
+    )
+    model[1].train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert scoring_model(model, torch.randn(2, 3, 8, 8)) is model
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_logits_that_disagree_are_refused_even_when_probabilities_are_near_uniform(monkeypatch):
+    """With 1,000 near-equal classes a probability error of 1e-5 hides a logit error of 1e-2."""
+    model = frozen(
+        randomise_norms(
+            nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 1000))
+        )
+    )
+    with torch.no_grad():
+        model[3].weight.mul_(1e-3)
+    x = torch.randn(2, 3, 8, 8)
+    good = scoring_model(model, x)
+    assert good is not model
+    wrong = inference._folded(model, x)
+    with torch.no_grad():
+        wrong.get_submodule("3").bias.add_(0.01)  # every logit off by 0.01: probabilities barely move
+    assert (probabilities(wrong, x) - probabilities(model, x)).abs().max() <= AGREEMENT
+    assert not inference._agrees(wrong, model, x)
