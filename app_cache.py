@@ -326,13 +326,14 @@ def get_image(digest: str, _data: bytes) -> Image.Image:
 def get_predictions(
     digest: str, model: str, random_weights: bool, _image: Image.Image, edit: ImageEdit | None = None
 ) -> list[Prediction]:
-    return service.predict(get_model(model, random_weights), _image, edit=edit)
+    return LANES.quick.compute(service.predict, get_model(model, random_weights), _image, edit=edit)
 
 
 def _explain_together(key: tuple, requests: Sequence[ImageRequest]) -> list[ExplanationResult | Exception]:
     model, random_weights, layer, methods, counterfactual = key
-    zoo_model = get_model(model, random_weights)
-    return service.run_explanations(zoo_model, requests, layer, methods, counterfactual)
+    zoo_model = get_model(model, random_weights)  # a Streamlit cache: on the script's thread
+    # The coalescer holds a slot of LANES.quick while this runs.
+    return LANES.quick.compute(service.run_explanations, zoo_model, requests, layer, methods, counterfactual)
 
 
 # Sessions asking for explanations with the same model, layer, methods and counterfactual at the
@@ -382,8 +383,9 @@ def get_first_predictions(
                 (model, random_weights, layer, methods, counterfactual), ImageRequest(_image)
             )
         except ExplainerInputError:
+            zoo_model = get_model(model, random_weights)
             with LANES.quick.slot():
-                return service.predict(get_model(model, random_weights), _image)
+                return LANES.quick.compute(service.predict, zoo_model, _image)
         key = get_explanation.key(
             digest, model, random_weights, layer, result.target, methods, counterfactual, _image
         )
@@ -404,7 +406,8 @@ def get_scorecam_plan(
     max_channels: int | None,
     _image: Image.Image,
 ) -> ScorePlan:
-    return service.scorecam_plan(get_model(model, random_weights), _image, layer, target, max_channels)
+    zoo_model = get_model(model, random_weights)
+    return LANES.quick.compute(service.scorecam_plan, zoo_model, _image, layer, target, max_channels)
 
 
 @st.cache_resource
@@ -431,7 +434,8 @@ def get_top_classes(
     counterfactual: bool,
     _image: Image.Image,
 ) -> ClassMaps:
-    return service.top_classes(get_model(model, random_weights), _image, layer, method, 5, counterfactual)
+    zoo_model = get_model(model, random_weights)
+    return LANES.quick.compute(service.top_classes, zoo_model, _image, layer, method, 5, counterfactual)
 
 
 @sized_cache("sweeps", spinner="Sweeping the layers…", lane=LANES.long)
@@ -446,7 +450,7 @@ def get_sweep(
     _image: Image.Image,
 ) -> LayerMaps:
     zoo_model = get_model(model, random_weights)
-    return service.layer_sweep(zoo_model, _image, method, target, counterfactual, fuse)
+    return LANES.long.compute(service.layer_sweep, zoo_model, _image, method, target, counterfactual, fuse)
 
 
 @sized_cache("faithfulness", lane=LANES.long)  # the page shows a progress bar, not a spinner

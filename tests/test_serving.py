@@ -29,6 +29,31 @@ def test_lane_lets_only_its_slots_compute_at_once() -> None:
     assert peak[0] == 2 and lane.running == 0 and lane.waiting == 0
 
 
+def test_a_lanes_work_runs_on_its_own_threads_whichever_thread_asks() -> None:
+    lane = Lane("quick", 2)
+    callers, workers = set(), set()
+
+    def job(i: int) -> int:
+        callers.add(threading.get_ident())
+        with lane.slot():
+            return lane.compute(lambda x: (workers.add(threading.current_thread().name), x * x)[1], i)
+
+    for i in range(6):  # six short-lived callers, as Streamlit starts a thread for each run
+        with ThreadPoolExecutor(1) as caller:
+            assert caller.submit(job, i).result() == i * i
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(job, range(6))) == [i * i for i in range(6)]
+    assert len(workers) <= 2 and all(name.startswith("quick-lane") for name in workers)
+    assert threading.get_ident() not in callers
+
+    def fails() -> None:
+        raise ValueError("the pass failed")
+
+    with lane.slot(), pytest.raises(ValueError, match="the pass failed"):
+        lane.compute(fails)
+    assert lane.running == 0 and lane.waiting == 0
+
+
 def test_thread_budget_divides_the_cores(monkeypatch) -> None:
     monkeypatch.delenv("CAMX_TORCH_THREADS", raising=False)
     assert torch_threads(2) == 2 and torch_threads(16) == 4 and torch_threads(1) == 1
