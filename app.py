@@ -8,6 +8,7 @@ inputs, so returning to an earlier choice is instant and display changes never r
 from __future__ import annotations
 
 import os
+import sys
 
 # Idle OpenMP threads sleep instead of spinning. With several sessions computing on a few cores,
 # spinning threads take the cores from the ones with work: on 2 cores under load, the default
@@ -24,10 +25,11 @@ from PIL import Image
 from streamlit.delta_generator import DeltaGenerator
 
 # A fresh server's first visit imports PyTorch, torchvision and the explainers here: seconds on a
-# small machine, with a blank page unless this says so. Later runs find them imported, and a
-# spinner only appears after half a second, so they never see it.
-with st.spinner("Starting CAM Explorer: loading PyTorch and the explainers (first visit only)…"):
-    import app_cache  # noqa: F401  (everything heavy comes in through it)
+# small machine, with a blank page unless this says so. Later runs find them imported and skip the
+# spinner, which would start a thread of its own on every run of every session.
+if "app_cache" not in sys.modules:
+    with st.spinner("Starting CAM Explorer: loading PyTorch and the explainers (first visit only)…"):
+        import app_cache  # noqa: F401  (everything heavy comes in through it)
 
 import app_teach
 from app_cache import (
