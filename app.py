@@ -25,9 +25,10 @@ from PIL import Image
 from streamlit.delta_generator import DeltaGenerator
 
 # A fresh server's first visit imports PyTorch, torchvision and the explainers here: seconds on a
-# small machine, with a blank page unless this says so. Later runs find them imported and skip the
-# spinner, which would start a thread of its own on every run of every session.
-if "app_cache" not in sys.modules:
+# small machine, with a blank page unless this says so (for every visitor who comes meanwhile, too:
+# their runs wait for the same import). Later runs find the import done and skip the spinner, which
+# would start a thread of its own on every run of every session.
+if not getattr(sys.modules.get("app_cache"), "IMPORTED", False):
     with st.spinner("Starting CAM Explorer: loading PyTorch and the explainers (first visit only)…"):
         import app_cache  # noqa: F401  (everything heavy comes in through it)
 

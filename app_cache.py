@@ -517,3 +517,5 @@ def settle_heap() -> None:
 
 
 settle_heap()  # at import: the first script run of a server process, once
+
+IMPORTED = True  # last: app.py shows its start-up spinner until a first import has got this far
