@@ -63,6 +63,11 @@ class Lane:
         on a new thread costs more: a Lite0 explanation on a fresh thread for each image took
         0.122 CPU-s and about 10,000 page faults, against 0.085 CPU-s and about 1,500 faults on
         one thread that stays (the allocator's and Torch's per-thread state stay warm).
+
+        A lane thread keeps the Torch thread count that was set when it first ran (OpenMP's count
+        is per thread): set the budget (`apply_thread_budget`) before the first job, and do not
+        lower it for a while from another thread (as `metrics`' parallel scoring does for its
+        own workers) while a lane may start. At exit, Python waits for a pass in progress.
         """
         return self._workers.submit(fn, *args, **kwargs).result()
 
