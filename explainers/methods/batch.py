@@ -26,7 +26,6 @@ from explainers.methods.core import (
     Evidence,
     Explanation,
     LendsForward,
-    SharedForward,
     capture_forward,
     check_methods,
     collect,
@@ -88,7 +87,6 @@ class BatchEvidence(LendsForward):
         self.options: dict[str, object] = dict(options or {})
         self.first = first
         self._memo: dict[str, object] = {}
-        self.shared_forward: SharedForward | None = None
 
     @cached_property
     def forward(self) -> tuple[torch.Tensor, Captured]:

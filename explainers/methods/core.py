@@ -123,7 +123,6 @@ class Evidence(LendsForward):
         self.extras: dict[str, object] = {}
         self._results: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._memo: dict[str, object] = {}
-        self.shared_forward: SharedForward | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
