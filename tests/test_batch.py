@@ -26,10 +26,16 @@ from explainers.services.samples import augmented_samples
 
 # Score-CAM scores 8 channels per image (its masked passes run per image in both paths).
 SCORE_OPTIONS = {"max_channels": 8}
-# Float32 results of batched and one-image kernels differ by rounding: 1e-5 absolute, scaled up
-# for input-space gradients larger than 1 (Lite0's deconvnet peaks near 70, where one rounding
-# step of float32 is 1e-5 already; the same one-image call on 1 thread instead of 2 moves it by 9e-5).
-TOLERANCE = 1e-5
+# Occlusion on the random ResNet scores the logit: untrained, every class's probability is near
+# 1/1000 and an occluded window moves it by about 1e-6, so the probability drops (raw) would pass
+# any absolute tolerance; the logit's drops are near 0.01-0.04.
+RANDOM_MODEL_OPTIONS = SCORE_OPTIONS | {"occlusion_score": "logit"}
+# Float32 results of batched and one-image kernels differ by rounding, and which kernels run
+# depends on the batch size and the CPU: on an AVX-512 CPU Lite0's deconvnet map moved by up to
+# 1.2e-4 between the batched and the one-image pass, and from one run to the next (on an AVX2 CPU
+# under 1e-5; a one-image call on 1 thread instead of 2 moves it by 9e-5). A batching mistake
+# (another image's gradient, a wrong target) moves a map by tenths.
+TOLERANCE = 3e-4
 
 
 def assert_same(batched, single) -> None:
@@ -39,10 +45,17 @@ def assert_same(batched, single) -> None:
     assert set(batched.maps) == set(single.maps)
     assert (batched.logits - single.logits).abs().max() <= TOLERANCE
     for name in single.maps:
+        raw = single.raw[name]
         for kind in ("maps", "raw"):
             ours, theirs = getattr(batched, kind)[name], getattr(single, kind)[name]
             assert ours.shape == theirs.shape, (name, kind)
             scale = max(1.0, float(theirs.abs().max()))
+            if kind == "maps":  # raw's tolerance carried through the map's division by its peak
+                peak = float(raw.clamp(min=0).max())
+                scale = max(1.0, float(raw.abs().max())) / peak if peak > 0 else 1.0
+                # e.g. the random ResNet's counterfactual occlusion: positive drops of 2e-3 against
+                # 3.5e-2 overall, so 1.2e-7 of rounding in raw moved its map by 1.5e-4 (AVX-512).
+                scale = max(1.0, scale)
             difference = float((ours - theirs).abs().max())
             assert difference <= TOLERANCE * scale, (name, kind, difference, scale)
 
@@ -98,12 +111,13 @@ def test_every_method_equals_per_image_explain(request, images, model_name, laye
     targets = [None] if count == 1 else [None, 281, None]  # some given, some each image's top-1
     names = methods_for(model_name, layer, counterfactual)
     state, weights = module_state(model), {k: v.clone() for k, v in model.state_dict().items()}
+    options = SCORE_OPTIONS if model_name == "lite0" else RANDOM_MODEL_OPTIONS
 
-    results = explain_batch(model, x, layer, names, targets, counterfactual, options=SCORE_OPTIONS)
+    results = explain_batch(model, x, layer, names, targets, counterfactual, options=options)
 
     assert len(results) == count
     for i, result in enumerate(results):
-        single = explain(model, x[i : i + 1], layer, names, targets[i], counterfactual, options=SCORE_OPTIONS)
+        single = explain(model, x[i : i + 1], layer, names, targets[i], counterfactual, options=options)
         assert_same(result, single)
     if count > 1:
         assert results[1].target == 281
