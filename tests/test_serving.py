@@ -33,10 +33,14 @@ def test_a_lanes_work_runs_on_its_own_threads_whichever_thread_asks() -> None:
     lane = Lane("quick", 2)
     callers, workers = set(), set()
 
+    def square(x: int) -> int:
+        workers.add(threading.current_thread().name)
+        return x * x
+
     def job(i: int) -> int:
         callers.add(threading.get_ident())
         with lane.slot():
-            return lane.compute(lambda x: (workers.add(threading.current_thread().name), x * x)[1], i)
+            return lane.compute(square, i)
 
     for i in range(6):  # six short-lived callers, as Streamlit starts a thread for each run
         with ThreadPoolExecutor(1) as caller:
